@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything `make demo` and `make test` need, idempotently:
+#   1. Mesa's EGL/GL libraries (apt-get) when they are missing,
+#   2. a virtual environment in .venv,
+#   3. PyTorch: a CUDA build already on the system is kept; otherwise the CPU build torch==2.13.0
+#      (never an unpinned torch, which would pull several GB of CUDA packages),
+#   4. the project with its train and dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+need_gl=0
+for lib in libEGL.so.1 libEGL_mesa.so.0 libGLESv2.so.2 libGL.so.1; do
+  ldconfig -p 2>/dev/null | grep -q "$lib" || need_gl=1
+done
+if [ "$need_gl" = 1 ]; then
+  echo "setup: installing Mesa's EGL libraries"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  # System site-packages let a GPU machine's CUDA PyTorch show through.
+  "$PY" -m venv --system-site-packages "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: installing PyTorch's CPU build (torch==2.13.0)"
+  "$VENV/bin/python" -m pip install -q torch==2.13.0
+fi
+
+echo "setup: installing earthshader[train,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[train,dev]"
