@@ -1,0 +1,444 @@
+"""A pool of sandboxed render workers with deadlines, restarts, recycling, batches and a cache.
+
+Each worker is its own process (``python -m earthshader.render.worker``) holding one EGL context.
+The pool never runs shader code itself: it sends sources, waits with deadlines, and reads small
+results. A worker that misses a deadline, dies (Mesa's compiler can die of a SIGFPE) or grows past
+the memory limit is killed and a fresh one takes its place; workers also retire after a number of
+renders, so leaks inside the driver stay bounded.
+
+Speed on a CPU comes from batches: llvmpipe spends 30-60 ms JIT-compiling each program whatever its
+size, so the pool compiles up to ``batch_size`` shaders into one program and draws them one by one
+(bench/RESULTS.md has the figures). A batch that fails as a whole is retried shader by shader, so
+one bad shader never costs the others their result. On a GPU machine the workers use the GPU's EGL
+device of this process's local rank.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+
+from earthshader.glsl import check_source, prepare
+from earthshader.render.result import RenderResult
+
+logger = logging.getLogger(__name__)
+
+MESA_DRIVERS = ("softpipe", "llvmpipe")
+
+
+def detect_mode() -> str:
+    """``"gpu"`` where an NVIDIA device is visible, else ``"mesa"`` (llvmpipe).
+
+    ``EARTHSHADER_RENDER_MODE`` overrides: ``gpu``, ``mesa``, ``llvmpipe`` or ``softpipe``.
+    """
+    override = os.environ.get("EARTHSHADER_RENDER_MODE")
+    if override:
+        if override not in ("gpu", "mesa", *MESA_DRIVERS):
+            raise ValueError(f"EARTHSHADER_RENDER_MODE must be gpu, mesa, softpipe or llvmpipe, not {override!r}")
+        return override
+    return "gpu" if os.path.exists("/dev/nvidiactl") else "mesa"
+
+
+@dataclass
+class PoolStats:
+    """Counters a caller can read to see what the pool did."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    rejected: int = 0
+    renders: int = 0
+    spawned: int = 0
+    killed: int = 0
+    recycled: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    driver: str
+    proc: subprocess.Popen
+    conn_in: Connection  # worker -> pool
+    conn_out: Connection  # pool -> worker
+    ready: bool = False
+    renderer: str = ""
+    renders: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rss_bytes(self) -> int:
+        try:
+            with open(f"/proc/{self.proc.pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
+@dataclass
+class _Job:
+    key: tuple[str, int, float]
+    body: str  # prepared mainImage code (earthshader.glsl.prepare)
+    driver: str
+    alone: bool = False  # after a batch failed as a whole, retry in a batch of its own
+
+
+@dataclass
+class _Batch:
+    jobs: list[_Job]
+    started: float
+    deadline: float
+    phase: str = "compile"  # compile -> draw
+    to_draw: list[int] = field(default_factory=list)  # indices not drawn yet, in drawing order
+    drawn: int = 0
+
+
+class RenderPool:
+    """Render Shadertoy sources in sandboxed worker processes.
+
+    Args:
+        workers: renders in flight at once (default: the number of CPU cores).
+        compile_timeout: seconds allowed for compiling and linking a shader.
+        draw_timeout: seconds allowed for drawing and reading back (llvmpipe's JIT happens here).
+        max_renders_per_worker: a worker retires after this many renders.
+        max_worker_mb: a worker whose resident memory passes this is killed (during a render) or
+            retired (after it).
+        cache_mb: results kept for identical (source, size, time); 0 turns the cache off.
+        mode: ``"mesa"`` (= llvmpipe), ``"llvmpipe"``, ``"softpipe"`` (Mesa's interpreter), ``"gpu"``,
+            or None to detect (:func:`detect_mode`).
+        start_timeout: seconds a new worker may take to create its GL context.
+        batch_size: most shaders compiled into one program. llvmpipe's JIT has a large fixed cost
+            per program, so batches multiply its throughput; a failing batch is retried one by one.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        compile_timeout: float = 5.0,
+        draw_timeout: float = 5.0,
+        max_renders_per_worker: int = 1000,
+        max_worker_mb: int = 1536,
+        cache_mb: int = 256,
+        mode: str | None = None,
+        start_timeout: float = 60.0,
+        batch_size: int = 16,
+    ):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.compile_timeout = compile_timeout
+        self.draw_timeout = draw_timeout
+        self.max_renders_per_worker = max_renders_per_worker
+        self.max_worker_bytes = max_worker_mb * 1024 * 1024
+        self.cache_bytes = cache_mb * 1024 * 1024
+        self.mode = mode or detect_mode()
+        self.start_timeout = start_timeout
+        self.batch_size = batch_size
+        self.stats = PoolStats()
+        self._idle: dict[str, list[_Worker]] = {}
+        self._cache: OrderedDict[tuple[str, int, float], RenderResult] = OrderedDict()
+        self._cache_used = 0
+        self._lock = threading.Lock()  # one render_many at a time; workers are not shared
+        self._closed = False
+
+    # ----------------------------------------------------------------------------- public API
+    def render(self, source: str, size: int = 128, time: float = 0.0) -> RenderResult:
+        """Render one Shadertoy source; see :meth:`render_many`."""
+        return self.render_many([source], size=size, time=time)[0]
+
+    def render_many(self, sources: list[str], size: int = 128, time: float = 0.0) -> list[RenderResult]:
+        """Render Shadertoy sources in parallel; identical sources are rendered once.
+
+        Returns one :class:`RenderResult` per source, in order. Nothing a shader does raises here.
+        """
+        if size < 1 or size > 4096:
+            raise ValueError(f"size must be in 1..4096, not {size}")
+        time = float(time)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("render pool is closed")
+            self.stats.requests += len(sources)
+            results: dict[tuple[str, int, float], RenderResult] = {}
+            jobs: dict[tuple[str, int, float], _Job] = {}
+            for source in sources:
+                key = (source, size, time)
+                if key in results or key in jobs:
+                    continue
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+                    self.stats.cache_hits += 1
+                    results[key] = cached
+                    continue
+                reason = check_source(source)
+                if reason is not None:
+                    self.stats.rejected += 1
+                    results[key] = self._remember(key, RenderResult("rejected", reason, None, 0.0))
+                    continue
+                jobs[key] = _Job(key, prepare(source), self._driver_for(source))
+            if jobs:
+                for key, result in self._run(list(jobs.values())).items():
+                    results[key] = self._remember(key, result)
+            return [results[(s, size, time)] for s in sources]
+
+    def close(self) -> None:
+        """Stop every worker. The pool cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            for workers in self._idle.values():
+                for w in workers:
+                    self._stop(w)
+            self._idle.clear()
+
+    def __enter__(self) -> RenderPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the idle workers (for tests and monitoring)."""
+        return [w.proc.pid for ws in self._idle.values() for w in ws]
+
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory of each idle worker, in MiB."""
+        return [w.rss_bytes() / 2**20 for ws in self._idle.values() for w in ws]
+
+    # ----------------------------------------------------------------------------- internals
+    def _driver_for(self, source: str) -> str:
+        return "llvmpipe" if self.mode == "mesa" else self.mode
+
+    def _remember(self, key, result: RenderResult) -> RenderResult:
+        self.stats.kinds[result.kind] = self.stats.kinds.get(result.kind, 0) + 1
+        if self.cache_bytes <= 0:
+            return result
+        nbytes = result.image.nbytes if result.image is not None else 0
+        self._cache[key] = result
+        self._cache_used += nbytes + len(key[0])
+        while self._cache_used > self.cache_bytes and self._cache:
+            old_key, old = self._cache.popitem(last=False)
+            self._cache_used -= (old.image.nbytes if old.image is not None else 0) + len(old_key[0])
+        return result
+
+    def _spawn(self, driver: str) -> _Worker:
+        env = dict(os.environ)
+        env.setdefault("MESA_SHADER_CACHE_DISABLE", "true")  # untrusted code: no disk cache
+        env["OMP_NUM_THREADS"] = "1"
+        if driver in MESA_DRIVERS:
+            env["GALLIUM_DRIVER"] = driver
+            env["LIBGL_ALWAYS_SOFTWARE"] = "1"
+            env["LP_NUM_THREADS"] = "0"  # the pool is the parallelism: one thread a worker
+            env["__EGL_VENDOR_LIBRARY_FILENAMES"] = env.get(
+                "EARTHSHADER_MESA_EGL_VENDOR", "/usr/share/glvnd/egl_vendor.d/50_mesa.json"
+            )
+            if not os.path.exists(env["__EGL_VENDOR_LIBRARY_FILENAMES"]):
+                del env["__EGL_VENDOR_LIBRARY_FILENAMES"]
+        else:
+            env["EARTHSHADER_EGL_DEVICE"] = os.environ.get("LOCAL_RANK", "0")
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "earthshader.render.worker", str(to_worker_r), str(from_worker_w)],
+            pass_fds=(to_worker_r, from_worker_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the pool, not the workers
+        )
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        self.stats.spawned += 1
+        return _Worker(driver, proc, Connection(from_worker_r, writable=False), Connection(to_worker_w, readable=False))
+
+    def _stop(self, w: _Worker, kill: bool = False) -> None:
+        if not kill:
+            try:
+                w.conn_out.send(None)
+            except OSError:
+                kill = True
+        if kill:
+            w.proc.kill()
+        for conn in (w.conn_in, w.conn_out):
+            conn.close()
+        try:
+            w.proc.wait(timeout=0 if kill else 2)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+
+    def _take_worker(self, driver: str) -> _Worker:
+        idle = self._idle.setdefault(driver, [])
+        return idle.pop() if idle else self._spawn(driver)
+
+    def _release(self, w: _Worker) -> None:
+        if w.renders >= self.max_renders_per_worker or w.rss_bytes() > self.max_worker_bytes:
+            self.stats.recycled += 1
+            self._stop(w)
+        else:
+            self._idle.setdefault(w.driver, []).append(w)
+
+    def _next_batch(self, queue: list[_Job]) -> list[_Job]:
+        """Take the next jobs to send together: same driver, at most ``batch_size``, spread evenly."""
+        first = queue.pop()
+        if first.alone or self.batch_size <= 1:
+            return [first]
+        share = -(-(len(queue) + 1) // self.workers)  # ceil: keep every worker busy
+        limit = max(1, min(self.batch_size, share))
+        batch = [first]
+        for i in range(len(queue) - 1, -1, -1):
+            if len(batch) >= limit:
+                break
+            if queue[i].driver == first.driver and not queue[i].alone:
+                batch.append(queue.pop(i))
+        return batch
+
+    def _compile_deadline(self, w: _Worker, n: int, now: float) -> float:
+        budget = self.compile_timeout * (1 + (n - 1) / 4)
+        return now + budget + (0 if w.ready else self.start_timeout)
+
+    def _kill(self, w: _Worker) -> None:
+        self.stats.killed += 1
+        self._stop(w, kill=True)
+
+    def _settle_failure(self, batch: _Batch, kind: str, message: str, now: float, queue, done) -> None:
+        """A batch's worker died or missed a deadline: blame one job if we can, retry the rest.
+
+        While compiling, or drawing the first shader (llvmpipe JIT-compiles the whole batch then), the
+        culprit is unknown: every job goes back alone. Later, the shader being drawn is the culprit.
+        """
+        pending = [batch.jobs[i] for i in batch.to_draw] if batch.phase == "draw" else list(batch.jobs)
+        pending = [job for job in pending if job.key not in done]
+        if not pending:
+            return
+        if len(batch.jobs) > 1 and (batch.phase == "compile" or batch.drawn == 0):
+            for job in pending:
+                job.alone = True
+            queue.extend(reversed(pending))
+            return
+        culprit, rest = pending[0], pending[1:]
+        done[culprit.key] = RenderResult(kind, message, None, now - batch.started)
+        queue.extend(reversed(rest))
+
+    def _run(self, jobs: list[_Job]) -> dict[tuple[str, int, float], RenderResult]:
+        queue = list(reversed(jobs))  # pop() from the end keeps the callers' order
+        running: dict[int, tuple[_Worker, _Batch]] = {}  # keyed by the fd of conn_in
+        done: dict[tuple[str, int, float], RenderResult] = {}
+        while queue or running:
+            now = time.monotonic()
+            while queue and len(running) < self.workers:
+                jobs_now = self._next_batch(queue)
+                w = self._take_worker(jobs_now[0].driver)
+                batch = _Batch(jobs_now, now, self._compile_deadline(w, len(jobs_now), now))
+                try:
+                    w.conn_out.send(([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2]))
+                except OSError:  # died while idle: replace it and try again
+                    self._kill(w)
+                    queue.extend(reversed(jobs_now))
+                    continue
+                running[w.conn_in.fileno()] = (w, batch)
+
+            next_deadline = min(batch.deadline for _, batch in running.values())
+            timeout = max(0.0, min(next_deadline - time.monotonic(), 0.05))
+            for conn in wait([w.conn_in for w, _ in running.values()], timeout=timeout):
+                fd = conn.fileno()
+                w, batch = running[fd]
+                now = time.monotonic()
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    del running[fd]
+                    try:
+                        code = w.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        code = None
+                    why = "stopped answering" if code is None else (
+                        f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                    )
+                    self._kill(w)
+                    if not w.ready:
+                        raise RuntimeError(f"render worker ({w.driver}) failed to start: it {why}") from None
+                    self._settle_failure(batch, "crash", f"render worker {why} ({batch.phase})", now, queue, done)
+                    continue
+                tag = msg[0]
+                if tag == "ready":
+                    w.ready, w.renderer = True, msg[1]
+                    batch.started = now
+                    batch.deadline = self._compile_deadline(w, len(batch.jobs), now)
+                elif tag == "compiled":
+                    batch.phase = "draw"
+                    drawn_already = {j.key for j in batch.jobs if j.key in done}
+                    batch.to_draw = [i for i, j in enumerate(batch.jobs) if j.key not in drawn_already]
+                    # The first draw carries llvmpipe's JIT compilation of the whole program.
+                    batch.deadline = now + self.draw_timeout + self.compile_timeout
+                elif tag == "done":
+                    _, i, kind, message, payload = msg
+                    job = batch.jobs[i]
+                    image = None
+                    if payload is not None:
+                        size = job.key[1]
+                        pixels = np.frombuffer(payload, dtype=np.uint8).reshape(size, size, 3)
+                        image = pixels.astype(np.float32) / np.float32(255.0)
+                    seconds = now - batch.started
+                    batch.started = now
+                    done[job.key] = RenderResult(kind, message, image, seconds)
+                    if batch.phase == "draw":
+                        batch.to_draw.remove(i)
+                        batch.drawn += 1
+                        batch.deadline = now + self.draw_timeout
+                        w.renders += 1
+                        self.stats.renders += 1
+                        if not batch.to_draw:
+                            del running[fd]
+                            self._release(w)
+
+            now = time.monotonic()
+            for fd, (w, batch) in list(running.items()):
+                if now > batch.deadline:
+                    del running[fd]
+                    self._kill(w)
+                    if not w.ready:
+                        raise RuntimeError(f"render worker ({w.driver}) did not start within {self.start_timeout:.0f} s")
+                    limit = self.compile_timeout if batch.phase == "compile" else self.draw_timeout
+                    msg = f"{batch.phase} exceeded {limit:g} s"
+                    self._settle_failure(batch, "timeout", msg, now, queue, done)
+                elif w.rss_bytes() > self.max_worker_bytes:
+                    del running[fd]
+                    mb = w.rss_bytes() // 2**20
+                    self._kill(w)
+                    self._settle_failure(batch, "crash", f"worker memory passed {mb} MiB ({batch.phase})", now, queue, done)
+        return done
+
+
+_default_pool: RenderPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> RenderPool:
+    """The process-wide pool used by :func:`render` and :func:`render_many`, created on first use."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None or _default_pool._closed:
+            workers = int(os.environ.get("EARTHSHADER_RENDER_WORKERS", "0")) or None
+            _default_pool = RenderPool(workers=workers)
+        return _default_pool
+
+
+def set_default_pool(pool: RenderPool | None) -> None:
+    """Replace the process-wide pool (closing the old one)."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is not None and _default_pool is not pool:
+            _default_pool.close()
+        _default_pool = pool
+
+
+@atexit.register
+def _close_default_pool() -> None:
+    if _default_pool is not None:
+        _default_pool.close()
