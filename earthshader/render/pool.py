@@ -376,6 +376,9 @@ class RenderPool:
                     batch.to_draw = [i for i, j in enumerate(batch.jobs) if j.key not in drawn_already]
                     # The first draw carries llvmpipe's JIT compilation of the whole program.
                     batch.deadline = now + self.draw_timeout + self.compile_timeout
+                    if not batch.to_draw:  # nothing compiled
+                        del running[fd]
+                        self._release(w)
                 elif tag == "done":
                     _, i, kind, message, payload = msg
                     job = batch.jobs[i]

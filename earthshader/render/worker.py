@@ -26,12 +26,18 @@ from multiprocessing.connection import Connection
 _ERROR_LINE_RE = re.compile(r"^\s*\d+:(\d+)\((\d+)\):\s*(?:error|ERROR):\s*(.*)$", re.M)
 
 
-def compile_message(text: str) -> str:
-    """The first compiler error, as ``line L:C: message`` in the user's own line numbers."""
+def compile_message(text: str, user_lines: int) -> str:
+    """The first compiler error, as ``line L:C: message`` in the user's own line numbers.
+
+    Errors located outside the user's ``user_lines`` lines (link errors, the wrapper's ``main``)
+    carry no location.
+    """
     match = _ERROR_LINE_RE.search(text)
     if match:
         line, col, msg = match.groups()
-        return f"line {line}:{col}: {msg.strip()}"
+        if 1 <= int(line) <= user_lines:
+            return f"line {line}:{col}: {msg.strip()}"
+        return msg.strip()
     skip = {"GLSL Compiler failed", "GLSL Linker failed", "fragment_shader", "vertex_shader"}
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= set("=")]
     lines = [ln for ln in lines if ln not in skip]
@@ -71,7 +77,7 @@ class _Renderer:
             try:
                 good.append((i, self.program(wrap_prepared(body))))
             except self.gl.Error as exc:
-                send(("done", i, "compile_error", compile_message(str(exc)), None))
+                send(("done", i, "compile_error", compile_message(str(exc), body.count("\n") + 1), None))
         if len(good) > 1:
             for _, program in good:
                 program.release()

@@ -1,0 +1,6 @@
+// expect: timeout
+void mainImage(out vec4 c, in vec2 p) {
+    float x = 0.0;
+    for (;;) { x += 1.0; }
+    c = vec4(x);
+}

@@ -1,0 +1,4 @@
+// expect: invalid_output
+void mainImage(out vec4 c, in vec2 p) {
+    c = vec4(1.0 / (p.x - p.x));
+}

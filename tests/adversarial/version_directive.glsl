@@ -1,0 +1,3 @@
+// expect: rejected
+#version 450
+void mainImage(out vec4 c, in vec2 p) { c = vec4(1.0); }
