@@ -6,10 +6,19 @@ results. A worker that misses a deadline, dies (Mesa's compiler can die of a SIG
 the memory limit is killed and a fresh one takes its place; workers also retire after a number of
 renders, so leaks inside the driver stay bounded.
 
-Speed on a CPU comes from batches: llvmpipe spends 30-60 ms JIT-compiling each program whatever its
-size, so the pool compiles up to ``batch_size`` shaders into one program and draws them one by one
-(bench/RESULTS.md has the figures). A batch that fails as a whole is retried shader by shader, so
-one bad shader never costs the others their result. On a GPU machine the workers use the GPU's EGL
+Speed on a CPU (mode ``"mesa"``) comes from choosing Mesa's driver per shader, by rules that depend
+on the source alone so that a source always renders the same pixels:
+
+- loop-free code (all our SDF scenes) goes to llvmpipe in batches: llvmpipe spends tens of
+  milliseconds JIT-compiling each program whatever its size, so up to ``batch_size`` shaders share
+  one program and are drawn one by one;
+- code with loops is drawn first at 16x16 on softpipe, Mesa's interpreter, which counts each
+  pixel's loop iterations through the loop guard. Light loops (noise, fbm, Voronoi) are drawn on
+  softpipe, which starts at once; heavy ones (long raymarches) go to llvmpipe alone, whose JIT
+  pays for itself there.
+
+A batch that fails as a whole is retried shader by shader, so one bad shader never costs the others
+their result. bench/RESULTS.md has the figures. On a GPU machine the workers use the GPU's EGL
 device of this process's local rank.
 """
 
@@ -28,12 +37,14 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from earthshader.glsl import check_source, prepare
+from earthshader.glsl import check_source, has_loops, prepare
 from earthshader.render.result import RenderResult
 
 logger = logging.getLogger(__name__)
 
 MESA_DRIVERS = ("softpipe", "llvmpipe")
+# Shaders with loops are first drawn this small on softpipe, counting loop iterations per pixel.
+PROBE_SIZE = 16
 
 
 def detect_mode() -> str:
@@ -60,6 +71,7 @@ class PoolStats:
     spawned: int = 0
     killed: int = 0
     recycled: int = 0
+    deferred: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -116,6 +128,9 @@ class RenderPool:
         start_timeout: seconds a new worker may take to create its GL context.
         batch_size: most shaders compiled into one program. llvmpipe's JIT has a large fixed cost
             per program, so batches multiply its throughput; a failing batch is retried one by one.
+        max_probe_iterations: in ``"mesa"`` mode, a shader with loops is drawn at 16x16 on softpipe
+            first; above this mean loop count per pixel it goes to llvmpipe, below it softpipe
+            draws it. The count is exact, not timed, so a source always takes the same route.
     """
 
     def __init__(
@@ -129,6 +144,7 @@ class RenderPool:
         mode: str | None = None,
         start_timeout: float = 60.0,
         batch_size: int = 16,
+        max_probe_iterations: float = 48.0,
     ):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.compile_timeout = compile_timeout
@@ -139,6 +155,7 @@ class RenderPool:
         self.mode = mode or detect_mode()
         self.start_timeout = start_timeout
         self.batch_size = batch_size
+        self.max_probe_iterations = max_probe_iterations
         self.stats = PoolStats()
         self._idle: dict[str, list[_Worker]] = {}
         self._cache: OrderedDict[tuple[str, int, float], RenderResult] = OrderedDict()
@@ -211,7 +228,9 @@ class RenderPool:
 
     # ----------------------------------------------------------------------------- internals
     def _driver_for(self, source: str) -> str:
-        return "llvmpipe" if self.mode == "mesa" else self.mode
+        if self.mode == "mesa":
+            return "softpipe" if has_loops(source) else "llvmpipe"
+        return self.mode
 
     def _remember(self, key, result: RenderResult) -> RenderResult:
         self.stats.kinds[result.kind] = self.stats.kinds.get(result.kind, 0) + 1
@@ -233,6 +252,9 @@ class RenderPool:
             env["GALLIUM_DRIVER"] = driver
             env["LIBGL_ALWAYS_SOFTWARE"] = "1"
             env["LP_NUM_THREADS"] = "0"  # the pool is the parallelism: one thread a worker
+            # LLVM's optimisation passes double llvmpipe's JIT time and barely speed up the draws
+            # of shaders drawn once (bench/RESULTS.md).
+            env.setdefault("GALLIVM_PERF", "nopt")
             env["__EGL_VENDOR_LIBRARY_FILENAMES"] = env.get(
                 "EARTHSHADER_MESA_EGL_VENDOR", "/usr/share/glvnd/egl_vendor.d/50_mesa.json"
             )
@@ -335,8 +357,9 @@ class RenderPool:
                 jobs_now = self._next_batch(queue)
                 w = self._take_worker(jobs_now[0].driver)
                 batch = _Batch(jobs_now, now, self._compile_deadline(w, len(jobs_now), now))
+                probe = (PROBE_SIZE, self.max_probe_iterations) if self.mode == "mesa" and w.driver == "softpipe" else None
                 try:
-                    w.conn_out.send(([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2]))
+                    w.conn_out.send(([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2], probe))
                 except OSError:  # died while idle: replace it and try again
                     self._kill(w)
                     queue.extend(reversed(jobs_now))
@@ -389,7 +412,11 @@ class RenderPool:
                         image = pixels.astype(np.float32) / np.float32(255.0)
                     seconds = now - batch.started
                     batch.started = now
-                    done[job.key] = RenderResult(kind, message, image, seconds)
+                    if kind == "defer":  # too many loop iterations to interpret: JIT-compile it
+                        self.stats.deferred += 1
+                        queue.append(_Job(job.key, job.body, "llvmpipe", alone=True))
+                    else:
+                        done[job.key] = RenderResult(kind, message, image, seconds)
                     if batch.phase == "draw":
                         batch.to_draw.remove(i)
                         batch.drawn += 1
