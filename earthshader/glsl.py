@@ -46,8 +46,9 @@ void main() {
     vec4 es_color = vec4(uintBitsToFloat(0x7fc00000u));
     es_color.a = 1.0;
     mainImage(es_color, gl_FragCoord.xy);
-    // Alpha carries status: 2.0 marks a pixel whose loops ran past the budget.
-    es_FragColor = vec4(es_color.rgb, es_iterations > ES_MAX_ITERATIONS ? 2.0 : 1.0);
+    // Alpha carries the pixel's loop iterations (1 + count): the renderer reads it to route heavy
+    // shaders and to spot loops that ran past the budget.
+    es_FragColor = vec4(es_color.rgb, 1.0 + float(es_iterations));
 }
 """
 

@@ -1,0 +1,227 @@
+"""Unique-shader render throughput: the project's pool against the naive way, in one run.
+
+    MESA_SHADER_CACHE_DISABLE=true .venv/bin/python bench/render.py [--reps 3] [--size 128]
+
+Sources: 100 distinct Stage-2 SDF scenes (2-5 shapes, printed by earthshader.scenes) and 100
+heavier shaders (value-noise fbm, domain warping, Voronoi, raymarched scenes with soft shadows).
+Throughput counts compile + draw + readback of every shader, nothing cached (Mesa's on-disk shader
+cache is turned off, the pool's cache too).
+
+- naive: what a first script does: a new EGL context per shader in this process, Mesa's default
+  llvmpipe (threads per core), one program, one draw, one readback.
+- pool: earthshader.render.RenderPool as shipped (workers = cores, batches of 16 on llvmpipe).
+- variants, for the record: the pool with batches of 1 (llvmpipe), and on softpipe.
+
+The last line is one JSON object: sdf_per_s, naive_sdf_per_s, heavy_per_s, naive_heavy_per_s, the
+speedups, and the variants; every figure is the median over --reps runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("MESA_SHADER_CACHE_DISABLE", "true")
+
+import numpy as np  # noqa: E402
+
+HEAVY_TEMPLATES = [
+    # value-noise fbm
+    """float hash(vec2 p) {{ return fract(sin(dot(p, vec2(127.1, 311.7))) * 43758.5453); }}
+float noise(vec2 p) {{
+    vec2 i = floor(p), f = fract(p);
+    vec2 u = f * f * (3.0 - 2.0 * f);
+    return mix(mix(hash(i), hash(i + vec2(1.0, 0.0)), u.x), mix(hash(i + vec2(0.0, 1.0)), hash(i + vec2(1.0)), u.x), u.y);
+}}
+float fbm(vec2 p) {{
+    float v = 0.0, a = 0.5;
+    for (int i = 0; i < {octaves}; i++) {{ v += a * noise(p); p = p * 2.03 + vec2({a:.3f}, {b:.3f}); a *= 0.5; }}
+    return v;
+}}
+void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
+    vec2 uv = fragCoord / iResolution.y * {scale:.2f};
+    float n = fbm(uv + iTime * 0.1);
+    fragColor = vec4(mix(vec3(0.1, 0.2, 0.4), vec3(0.9, 0.8, {c:.2f}), n), 1.0);
+}}""",
+    # domain warping
+    """float hash(vec2 p) {{ return fract(sin(dot(p, vec2(12.9898, 78.233))) * 43758.5453); }}
+float noise(vec2 p) {{
+    vec2 i = floor(p), f = fract(p);
+    vec2 u = f * f * (3.0 - 2.0 * f);
+    return mix(mix(hash(i), hash(i + vec2(1.0, 0.0)), u.x), mix(hash(i + vec2(0.0, 1.0)), hash(i + vec2(1.0)), u.x), u.y);
+}}
+float fbm(vec2 p) {{
+    float v = 0.0, a = 0.5;
+    mat2 m = mat2(1.6, 1.2, -1.2, 1.6);
+    for (int i = 0; i < {octaves}; i++) {{ v += a * noise(p); p = m * p; a *= 0.5; }}
+    return v;
+}}
+void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
+    vec2 p = fragCoord / iResolution.y * {scale:.2f};
+    vec2 q = vec2(fbm(p), fbm(p + vec2({a:.3f}, {b:.3f})));
+    vec2 r = vec2(fbm(p + 4.0 * q + vec2(1.7, 9.2)), fbm(p + 4.0 * q + vec2(8.3, 2.8)));
+    float f = fbm(p + 4.0 * r);
+    fragColor = vec4(vec3(f * {c:.2f}, f * f, length(q)), 1.0);
+}}""",
+    # Voronoi
+    """vec2 hash2(vec2 p) {{ return fract(sin(vec2(dot(p, vec2(127.1, 311.7)), dot(p, vec2(269.5, 183.3)))) * 43758.5453); }}
+void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
+    vec2 uv = fragCoord / iResolution.y * {scale:.2f} + vec2({a:.3f}, {b:.3f});
+    vec2 g = floor(uv), f = fract(uv);
+    float md = 8.0;
+    for (int j = -1; j <= 1; j++)
+        for (int i = -1; i <= 1; i++) {{
+            vec2 o = vec2(float(i), float(j));
+            vec2 r = o + hash2(g + o) - f;
+            md = min(md, dot(r, r));
+        }}
+    fragColor = vec4(vec3(sqrt(md)) * vec3(1.0, {c:.2f}, 0.6), 1.0);
+}}""",
+    # raymarched scene with soft shadows
+    """float sdTorus(vec3 p, vec2 t) {{ vec2 q = vec2(length(p.xz) - t.x, p.y); return length(q) - t.y; }}
+float map(vec3 p) {{
+    float d = p.y + 1.0;
+    d = min(d, length(p - vec3({a:.3f}, 0.0, 0.0)) - 0.8);
+    d = min(d, sdTorus(p - vec3(-1.2, -0.4, {b:.3f}), vec2(0.6, 0.2)));
+    return d;
+}}
+vec3 calcNormal(vec3 p) {{
+    vec2 e = vec2(1e-3, 0.0);
+    return normalize(vec3(map(p + e.xyy) - map(p - e.xyy), map(p + e.yxy) - map(p - e.yxy), map(p + e.yyx) - map(p - e.yyx)));
+}}
+float softShadow(vec3 ro, vec3 rd) {{
+    float res = 1.0, t = 0.02;
+    for (int i = 0; i < {octaves}0; i++) {{ float h = map(ro + rd * t); res = min(res, 8.0 * h / t); t += clamp(h, 0.02, 0.2); if (h < 1e-3 || t > 10.0) break; }}
+    return clamp(res, 0.0, 1.0);
+}}
+void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
+    vec2 uv = (2.0 * fragCoord - iResolution.xy) / iResolution.y;
+    vec3 ro = vec3(0.0, 0.5, -{scale:.2f}), rd = normalize(vec3(uv, 1.6));
+    float t = 0.0;
+    for (int i = 0; i < 100; i++) {{ float d = map(ro + rd * t); if (d < 1e-3 || t > 20.0) break; t += d; }}
+    vec3 col = vec3(0.6, 0.7, 0.9) - rd.y * 0.3;
+    if (t < 20.0) {{
+        vec3 p = ro + rd * t, n = calcNormal(p), l = normalize(vec3(0.5, 0.8, -0.3));
+        col = vec3(0.8, {c:.2f}, 0.5) * (0.1 + max(dot(n, l), 0.0) * softShadow(p + n * 0.01, l));
+    }}
+    fragColor = vec4(col, 1.0);
+}}""",
+]
+
+
+def sdf_sources(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct Stage-2 scenes printed as GLSL."""
+    from earthshader.scenes import random_scene, to_glsl
+
+    out: dict[str, None] = {}
+    i = 0
+    while len(out) < n:
+        out[to_glsl(random_scene(2, np.random.default_rng([seed, i])))] = None
+        i += 1
+    return list(out)
+
+
+def heavy_sources(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        template = HEAVY_TEMPLATES[i % len(HEAVY_TEMPLATES)]
+        out.append(
+            template.format(
+                octaves=int(rng.integers(4, 7)),
+                a=rng.uniform(-1, 1),
+                b=rng.uniform(-1, 1),
+                c=rng.uniform(0.2, 0.9),
+                scale=rng.uniform(3.0, 6.0),
+            )
+        )
+    return out
+
+
+def naive_render_all(sources: list[str], size: int) -> tuple[float, int]:
+    """A new context per shader, in this process, Mesa's defaults. Returns (seconds, ok count)."""
+    import moderngl
+
+    from earthshader.glsl import VERTEX_SHADER, wrap
+
+    ok = 0
+    start = time.perf_counter()
+    for source in sources:
+        ctx = moderngl.create_context(standalone=True, backend="egl")
+        fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer((size, size), 4, dtype="f4")])
+        program = ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=wrap(source))
+        program["iResolution"].value = (size, size, 1.0)
+        vao = ctx.vertex_array(program, [])
+        fbo.use()
+        vao.render(moderngl.TRIANGLES, vertices=3)
+        pixels = np.frombuffer(fbo.read(components=4, dtype="f4"), dtype=np.float32)
+        ok += bool(np.isfinite(pixels).all())
+        ctx.release()
+    return time.perf_counter() - start, ok
+
+
+def pool_render_all(pool, sources: list[str], size: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    results = pool.render_many(sources, size=size)
+    return time.perf_counter() - start, sum(r.ok for r in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--n", type=int, default=100)
+    args = parser.parse_args()
+
+    from earthshader.render import RenderPool
+
+    sets = {"sdf": sdf_sources(args.n), "heavy": heavy_sources(args.n)}
+    pools = {
+        "pool": RenderPool(cache_mb=0),
+        "pool_batch1": RenderPool(cache_mb=0, batch_size=1),
+        "pool_softpipe": RenderPool(cache_mb=0, batch_size=1, mode="softpipe"),
+    }
+    warm = [f"void mainImage(out vec4 c, in vec2 p) {{ c = vec4({i}.0 / 8.0); }}" for i in range(8)]
+    for pool in pools.values():  # start the workers before timing
+        pool.render_many(warm, size=8)
+
+    rates: dict[str, list[float]] = {}
+    for rep in range(args.reps):
+        for set_name, sources in sets.items():
+            runs = {"naive": lambda s=sources: naive_render_all(s, args.size)}
+            for pool_name, pool in pools.items():
+                runs[pool_name] = lambda s=sources, p=pool: pool_render_all(p, s, args.size)
+            for run_name, run in runs.items():
+                seconds, ok = run()
+                rate = len(sources) / seconds
+                rates.setdefault(f"{run_name}_{set_name}", []).append(rate)
+                print(f"rep {rep} {set_name:5s} {run_name:13s} {rate:8.1f} shaders/s  ({ok}/{len(sources)} ok)", flush=True)
+    for pool in pools.values():
+        pool.close()
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    result = {
+        "sdf_per_s": round(med["pool_sdf"], 1),
+        "naive_sdf_per_s": round(med["naive_sdf"], 1),
+        "heavy_per_s": round(med["pool_heavy"], 1),
+        "naive_heavy_per_s": round(med["naive_heavy"], 1),
+        "sdf_speedup": round(med["pool_sdf"] / med["naive_sdf"], 2),
+        "heavy_speedup": round(med["pool_heavy"] / med["naive_heavy"], 2),
+        "batch1_sdf_per_s": round(med["pool_batch1_sdf"], 1),
+        "batch1_heavy_per_s": round(med["pool_batch1_heavy"], 1),
+        "softpipe_sdf_per_s": round(med["pool_softpipe_sdf"], 1),
+        "softpipe_heavy_per_s": round(med["pool_softpipe_heavy"], 1),
+        "size": args.size,
+        "reps": args.reps,
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
