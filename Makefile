@@ -4,7 +4,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.earthshader-installed
 # Pin PyTorch's threads: two processes each spawning a thread per core oversubscribe small machines.
 export OMP_NUM_THREADS ?= 2
-export MESA_SHADER_CACHE_DISABLE ?= false
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-slow bench lint clean

@@ -10,10 +10,13 @@ cache is turned off, the pool's cache too).
 - naive: what a first script does: a new EGL context per shader in this process, Mesa's default
   llvmpipe (threads per core), one program, one draw, one readback.
 - pool: earthshader.render.RenderPool as shipped (workers = cores, batches of 16 on llvmpipe).
-- variants, for the record: the pool with batches of 1 (llvmpipe), and on softpipe.
+- variants, for the record: the pool with batches of 1; every shader on llvmpipe (batches of 16,
+  no softpipe probe); every shader on softpipe, one at a time.
 
 The last line is one JSON object: sdf_per_s, naive_sdf_per_s, heavy_per_s, naive_heavy_per_s, the
-speedups, and the variants; every figure is the median over --reps runs.
+speedups, the variants, and CPU milliseconds per shader (the pool's workers' and this process's
+own CPU time, all threads): a figure that holds on a shared machine, where wall-clock rates move
+with everyone else's load. Every figure is the median over --reps runs.
 """
 
 from __future__ import annotations
@@ -142,13 +145,27 @@ def heavy_sources(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def naive_render_all(sources: list[str], size: int) -> tuple[float, int]:
-    """A new context per shader, in this process, Mesa's defaults. Returns (seconds, ok count)."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes, all their threads included."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def naive_render_all(sources: list[str], size: int) -> tuple[float, int, float]:
+    """A new context per shader, in this process, Mesa's defaults. Returns (seconds, ok, cpu seconds)."""
     import moderngl
 
     from earthshader.glsl import VERTEX_SHADER, wrap
 
     ok = 0
+    cpu0 = _cpu_seconds([os.getpid()])
     start = time.perf_counter()
     for source in sources:
         ctx = moderngl.create_context(standalone=True, backend="egl")
@@ -161,13 +178,19 @@ def naive_render_all(sources: list[str], size: int) -> tuple[float, int]:
         pixels = np.frombuffer(fbo.read(components=4, dtype="f4"), dtype=np.float32)
         ok += bool(np.isfinite(pixels).all())
         ctx.release()
-    return time.perf_counter() - start, ok
+    return time.perf_counter() - start, ok, _cpu_seconds([os.getpid()]) - cpu0
 
 
-def pool_render_all(pool, sources: list[str], size: int) -> tuple[float, int]:
+def pool_render_all(pool, sources: list[str], size: int) -> tuple[float, int, float]:
+    """The pool's render_many. Returns (seconds, ok, CPU seconds of this process and its workers)."""
+    pids = [os.getpid(), *pool.worker_pids()]
+    cpu0 = _cpu_seconds(pids)
     start = time.perf_counter()
     results = pool.render_many(sources, size=size)
-    return time.perf_counter() - start, sum(r.ok for r in results)
+    seconds = time.perf_counter() - start
+    # Workers started during the run count from zero; workers killed during it are lost (none here).
+    pids = sorted(set(pids) | set(pool.worker_pids()))
+    return seconds, sum(r.ok for r in results), _cpu_seconds(pids) - cpu0
 
 
 def main() -> None:
@@ -183,6 +206,7 @@ def main() -> None:
     pools = {
         "pool": RenderPool(cache_mb=0),
         "pool_batch1": RenderPool(cache_mb=0, batch_size=1),
+        "pool_llvmpipe": RenderPool(cache_mb=0, mode="llvmpipe"),
         "pool_softpipe": RenderPool(cache_mb=0, batch_size=1, mode="softpipe"),
     }
     warm = [f"void mainImage(out vec4 c, in vec2 p) {{ c = vec4({i}.0 / 8.0); }}" for i in range(8)]
@@ -190,20 +214,28 @@ def main() -> None:
         pool.render_many(warm, size=8)
 
     rates: dict[str, list[float]] = {}
+    cpu_ms_each: dict[str, list[float]] = {}
     for rep in range(args.reps):
         for set_name, sources in sets.items():
             runs = {"naive": lambda s=sources: naive_render_all(s, args.size)}
             for pool_name, pool in pools.items():
                 runs[pool_name] = lambda s=sources, p=pool: pool_render_all(p, s, args.size)
             for run_name, run in runs.items():
-                seconds, ok = run()
+                seconds, ok, cpu = run()
                 rate = len(sources) / seconds
+                cpu_ms = 1000 * cpu / len(sources)
                 rates.setdefault(f"{run_name}_{set_name}", []).append(rate)
-                print(f"rep {rep} {set_name:5s} {run_name:13s} {rate:8.1f} shaders/s  ({ok}/{len(sources)} ok)", flush=True)
+                cpu_ms_each.setdefault(f"{run_name}_{set_name}", []).append(cpu_ms)
+                print(
+                    f"rep {rep} {set_name:5s} {run_name:13s} {rate:8.1f} shaders/s  {cpu_ms:7.1f} CPU ms/shader"
+                    f"  ({ok}/{len(sources)} ok)",
+                    flush=True,
+                )
     for pool in pools.values():
         pool.close()
 
     med = {k: statistics.median(v) for k, v in rates.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_ms_each.items()}
     result = {
         "sdf_per_s": round(med["pool_sdf"], 1),
         "naive_sdf_per_s": round(med["naive_sdf"], 1),
@@ -213,8 +245,15 @@ def main() -> None:
         "heavy_speedup": round(med["pool_heavy"] / med["naive_heavy"], 2),
         "batch1_sdf_per_s": round(med["pool_batch1_sdf"], 1),
         "batch1_heavy_per_s": round(med["pool_batch1_heavy"], 1),
+        "llvmpipe_only_sdf_per_s": round(med["pool_llvmpipe_sdf"], 1),
+        "llvmpipe_only_heavy_per_s": round(med["pool_llvmpipe_heavy"], 1),
         "softpipe_sdf_per_s": round(med["pool_softpipe_sdf"], 1),
         "softpipe_heavy_per_s": round(med["pool_softpipe_heavy"], 1),
+        "cpu_ms_sdf": round(cpu["pool_sdf"], 1),
+        "naive_cpu_ms_sdf": round(cpu["naive_sdf"], 1),
+        "cpu_ms_heavy": round(cpu["pool_heavy"], 1),
+        "naive_cpu_ms_heavy": round(cpu["naive_heavy"], 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "size": args.size,
         "reps": args.reps,
         "cores": os.cpu_count(),

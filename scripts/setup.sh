@@ -25,13 +25,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   # System site-packages let a GPU machine's CUDA PyTorch show through.
   "$PY" -m venv --system-site-packages "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing PyTorch's CPU build (torch==2.13.0)"
-  "$VENV/bin/python" -m pip install -q torch==2.13.0
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q torch==2.13.0
 fi
 
 echo "setup: installing earthshader[train,dev]"
-"$VENV/bin/python" -m pip install -q -e ".[train,dev]"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q -e ".[train,dev]"
