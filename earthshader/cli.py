@@ -38,12 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"earthshader: error: unknown command {name!r} (one of: {', '.join(COMMANDS)})", file=sys.stderr)
+        print(
+            f"earthshader: error: unknown command {name!r} (one of: {', '.join(COMMANDS)})", file=sys.stderr
+        )
         return 2
     try:
         module = importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as exc:
-        print(f"earthshader {name}: error: this command needs {exc.name!r}; install earthshader[train]", file=sys.stderr)
+        print(
+            f"earthshader {name}: error: this command needs {exc.name!r}; install earthshader[train]",
+            file=sys.stderr,
+        )
         return 2
     try:
         return int(module.cli_main(rest) or 0)

@@ -286,7 +286,9 @@ def combine(bodies: list[str]) -> str:
     calls = []
     for k, body in enumerate(bodies):
         parts.append(namespace(body, f"es{k}_") + "\n")
-        calls.append(f"    {'else ' if k else ''}if (es_which == {k}) es{k}_mainImage(es_color, gl_FragCoord.xy);")
+        calls.append(
+            f"    {'else ' if k else ''}if (es_which == {k}) es{k}_mainImage(es_color, gl_FragCoord.xy);"
+        )
     main = FOOTER.replace("    mainImage(es_color, gl_FragCoord.xy);", "\n".join(calls))
     parts.append(main)
     return "".join(parts)
@@ -306,7 +308,11 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, dict):
         return _message_text(completion)
     if isinstance(completion, list | tuple):
-        return "".join(_message_text(m) for m in completion if not isinstance(m, dict) or m.get("role", "assistant") == "assistant")
+        return "".join(
+            _message_text(m)
+            for m in completion
+            if not isinstance(m, dict) or m.get("role", "assistant") == "assistant"
+        )
     return str(completion)
 
 

@@ -23,7 +23,9 @@ def pool():
         yield p
 
 
-def assert_images_close(actual: np.ndarray, expected: np.ndarray, name: str, atol: float = 2 / 255, frac: float = 0.002):
+def assert_images_close(
+    actual: np.ndarray, expected: np.ndarray, name: str, atol: float = 2 / 255, frac: float = 0.002
+):
     """Images match when at most ``frac`` of pixels differ by more than ``atol``.
 
     On failure, writes actual, expected and an amplified difference to ``tests/_failures/NAME_*.png``.
@@ -35,9 +37,15 @@ def assert_images_close(actual: np.ndarray, expected: np.ndarray, name: str, ato
         from PIL import Image
 
         FAILURES.mkdir(exist_ok=True)
-        for tag, img in (("actual", actual), ("expected", expected), ("diff", np.repeat(diff[..., None], 3, 2) * 4)):
+        for tag, img in (
+            ("actual", actual),
+            ("expected", expected),
+            ("diff", np.repeat(diff[..., None], 3, 2) * 4),
+        ):
             Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(FAILURES / f"{name}_{tag}.png")
-        pytest.fail(f"{name}: {bad:.2%} of pixels differ by more than {atol:.4f}; see {FAILURES}/{name}_diff.png")
+        pytest.fail(
+            f"{name}: {bad:.2%} of pixels differ by more than {atol:.4f}; see {FAILURES}/{name}_diff.png"
+        )
 
 
 def load_png(path: Path) -> np.ndarray:

@@ -54,10 +54,16 @@ def test_check_source_catches_define_expansion_bomb():
         ("Reasoning.\n```glsl\nvoid mainImage() {}\n```\nDone.", "void mainImage() {}"),
         ("```c\nint a;\n```\n```glsl\nfloat b;\n```", "float b;"),
         ("```\nfloat c;\n```", "float c;"),
-        ("A circle.\n```glsl\nvoid mainImage(out vec4 c, in vec2 p) {", "void mainImage(out vec4 c, in vec2 p) {"),
+        (
+            "A circle.\n```glsl\nvoid mainImage(out vec4 c, in vec2 p) {",
+            "void mainImage(out vec4 c, in vec2 p) {",
+        ),
         ("  void mainImage(out vec4 c, in vec2 p) {}  ", "void mainImage(out vec4 c, in vec2 p) {}"),
         ([{"role": "assistant", "content": "x\n```glsl\nfloat d;\n```"}], "float d;"),
-        ([{"role": "assistant", "content": [{"type": "text", "text": "```glsl\nfloat e;\n```"}]}], "float e;"),
+        (
+            [{"role": "assistant", "content": [{"type": "text", "text": "```glsl\nfloat e;\n```"}]}],
+            "float e;",
+        ),
     ],
 )
 def test_extract_code_finds_the_shader(completion, expected):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +49,9 @@ def test_render_orientation_top_left_marker_lands_top_left(pool):
 
 
 def test_render_frag_coord_is_pixel_centre(pool):
-    img = pool.render("void mainImage(out vec4 c, in vec2 p) { c = vec4(fract(p), p.x / 1024.0, 1.0); }", size=32).image
+    img = pool.render(
+        "void mainImage(out vec4 c, in vec2 p) { c = vec4(fract(p), p.x / 1024.0, 1.0); }", size=32
+    ).image
     assert np.abs(img[..., :2] - 0.5).max() <= 1 / 255
     assert np.allclose(img[0, :, 2], (np.arange(32) + 0.5) / 1024, atol=1 / 255)
 
@@ -60,7 +65,10 @@ def test_render_uses_time_uniform(pool):
 def test_render_is_deterministic_across_pools_and_batches():
     src = (GOLDEN / "raymarch.glsl").read_text()
     others = [HALF.format(tag=i) for i in range(5)]
-    with RenderPool(workers=1, batch_size=1, cache_mb=0) as a, RenderPool(workers=2, batch_size=8, cache_mb=0) as b:
+    with (
+        RenderPool(workers=1, batch_size=1, cache_mb=0) as a,
+        RenderPool(workers=2, batch_size=8, cache_mb=0) as b,
+    ):
         first = a.render(src).image
         second = a.render(src).image
         batched = b.render_many(others + [src] + others[::-1] + ["//x\n" + src])
@@ -101,7 +109,9 @@ def test_render_adversarial_batch_gives_same_kinds_as_alone():
     for i, path in enumerate(ADVERSARIAL):
         srcs += [path.read_text(encoding="utf-8"), HALF.format(tag=f"batch{i}")]
         kinds += [_expected_kind(path), "ok"]
-    with RenderPool(workers=2, batch_size=16, compile_timeout=5.0, draw_timeout=3.0, max_worker_mb=1024) as pool:
+    with RenderPool(
+        workers=2, batch_size=16, compile_timeout=5.0, draw_timeout=3.0, max_worker_mb=1024
+    ) as pool:
         results = pool.render_many(srcs)
     assert [r.kind for r in results] == kinds
     for r in results[1::2]:
@@ -111,9 +121,16 @@ def test_render_adversarial_batch_gives_same_kinds_as_alone():
 @pytest.mark.parametrize(
     "source, kind",
     [
-        ("void mainImage(out vec4 c, in vec2 p) { c = vec4(1.0); }\n" + "float f(){return 1.0;}\n" * 50000, "rejected"),
+        (
+            "void mainImage(out vec4 c, in vec2 p) { c = vec4(1.0); }\n" + "float f(){return 1.0;}\n" * 50000,
+            "rejected",
+        ),
         ("void mainImage(out vec4 c, in vec2 p) { c = vec4(1.0); }\x00", "rejected"),
-        ("".join(f"#define D{i} {i}.0\n" for i in range(300)) + "void mainImage(out vec4 c, in vec2 p) { c = vec4(D1); }", "rejected"),
+        (
+            "".join(f"#define D{i} {i}.0\n" for i in range(300))
+            + "void mainImage(out vec4 c, in vec2 p) { c = vec4(D1); }",
+            "rejected",
+        ),
     ],
     ids=["one_megabyte", "nul_byte", "too_many_defines"],
 )
@@ -153,8 +170,31 @@ def test_render_cli_writes_png_and_reports_errors(tmp_path):
     bad.write_text("// a comment\nvoid mainImage(out vec4 c, in vec2 p) {\n    c = vec4(nope);\n}\n")
     failed = subprocess.run(run + [str(bad), "-o", str(tmp_path / "bad.png")], capture_output=True, text=True)
     assert failed.returncode == 1
-    assert re.fullmatch(rf"compile_error: {re.escape(str(bad))}:3:\d+: `nope' undeclared", failed.stderr.strip())
+    assert re.fullmatch(
+        rf"compile_error: {re.escape(str(bad))}:3:\d+: `nope' undeclared", failed.stderr.strip()
+    )
     assert not (tmp_path / "bad.png").exists()
 
-    missing = subprocess.run(run + [str(tmp_path / "nope.glsl"), "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    missing = subprocess.run(
+        run + [str(tmp_path / "nope.glsl"), "-o", str(tmp_path / "x.png")], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_render_pool_interrupted_leaves_no_worker_behind():
+    """An exception inside render_many (Ctrl-C in a trainer) kills the busy workers."""
+    endless = "void mainImage(out vec4 c, in vec2 p) { float x = 0.0; for (int i = 0; i < 20000; i++) x += sin(x + p.x); c = vec4(x); }"
+    with RenderPool(workers=1, mode="llvmpipe", draw_timeout=30.0) as pool:
+        pool.render(HALF.format(tag="warm"))
+        pids = pool.worker_pids()
+        timer = threading.Timer(
+            0.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        )
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.render(endless, size=256)
+        timer.cancel()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert pool.render(HALF.format(tag="after")).ok

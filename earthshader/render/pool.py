@@ -55,7 +55,9 @@ def detect_mode() -> str:
     override = os.environ.get("EARTHSHADER_RENDER_MODE")
     if override:
         if override not in ("gpu", "mesa", *MESA_DRIVERS):
-            raise ValueError(f"EARTHSHADER_RENDER_MODE must be gpu, mesa, softpipe or llvmpipe, not {override!r}")
+            raise ValueError(
+                f"EARTHSHADER_RENDER_MODE must be gpu, mesa, softpipe or llvmpipe, not {override!r}"
+            )
         return override
     return "gpu" if os.path.exists("/dev/nvidiactl") else "mesa"
 
@@ -276,7 +278,9 @@ class RenderPool:
         os.close(to_worker_r)
         os.close(from_worker_w)
         self.stats.spawned += 1
-        return _Worker(driver, proc, Connection(from_worker_r, writable=False), Connection(to_worker_w, readable=False))
+        return _Worker(
+            driver, proc, Connection(from_worker_r, writable=False), Connection(to_worker_w, readable=False)
+        )
 
     def _stop(self, w: _Worker, kill: bool = False) -> None:
         if not kill:
@@ -348,8 +352,15 @@ class RenderPool:
         queue.extend(reversed(rest))
 
     def _run(self, jobs: list[_Job]) -> dict[tuple[str, int, float], RenderResult]:
-        queue = list(reversed(jobs))  # pop() from the end keeps the callers' order
         running: dict[int, tuple[_Worker, _Batch]] = {}  # keyed by the fd of conn_in
+        try:
+            return self._schedule(jobs, running)
+        finally:  # interrupted (Ctrl-C, an error): workers still busy would be left behind
+            for w, _ in running.values():
+                self._kill(w)
+
+    def _schedule(self, jobs: list[_Job], running: dict[int, tuple[_Worker, _Batch]]):
+        queue = list(reversed(jobs))  # pop() from the end keeps the callers' order
         done: dict[tuple[str, int, float], RenderResult] = {}
         while queue or running:
             now = time.monotonic()
@@ -357,9 +368,15 @@ class RenderPool:
                 jobs_now = self._next_batch(queue)
                 w = self._take_worker(jobs_now[0].driver)
                 batch = _Batch(jobs_now, now, self._compile_deadline(w, len(jobs_now), now))
-                probe = (PROBE_SIZE, self.max_probe_iterations) if self.mode == "mesa" and w.driver == "softpipe" else None
+                probe = (
+                    (PROBE_SIZE, self.max_probe_iterations)
+                    if self.mode == "mesa" and w.driver == "softpipe"
+                    else None
+                )
                 try:
-                    w.conn_out.send(([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2], probe))
+                    w.conn_out.send(
+                        ([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2], probe)
+                    )
                 except OSError:  # died while idle: replace it and try again
                     self._kill(w)
                     queue.extend(reversed(jobs_now))
@@ -380,13 +397,17 @@ class RenderPool:
                         code = w.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         code = None
-                    why = "stopped answering" if code is None else (
-                        f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                    why = (
+                        "stopped answering"
+                        if code is None
+                        else (f"was killed by signal {-code}" if code < 0 else f"exited with status {code}")
                     )
                     self._kill(w)
                     if not w.ready:
                         raise RuntimeError(f"render worker ({w.driver}) failed to start: it {why}") from None
-                    self._settle_failure(batch, "crash", f"render worker {why} ({batch.phase})", now, queue, done)
+                    self._settle_failure(
+                        batch, "crash", f"render worker {why} ({batch.phase})", now, queue, done
+                    )
                     continue
                 tag = msg[0]
                 if tag == "ready":
@@ -433,7 +454,9 @@ class RenderPool:
                     del running[fd]
                     self._kill(w)
                     if not w.ready:
-                        raise RuntimeError(f"render worker ({w.driver}) did not start within {self.start_timeout:.0f} s")
+                        raise RuntimeError(
+                            f"render worker ({w.driver}) did not start within {self.start_timeout:.0f} s"
+                        )
                     limit = self.compile_timeout if batch.phase == "compile" else self.draw_timeout
                     msg = f"{batch.phase} exceeded {limit:g} s"
                     self._settle_failure(batch, "timeout", msg, now, queue, done)
@@ -441,7 +464,9 @@ class RenderPool:
                     del running[fd]
                     mb = w.rss_bytes() // 2**20
                     self._kill(w)
-                    self._settle_failure(batch, "crash", f"worker memory passed {mb} MiB ({batch.phase})", now, queue, done)
+                    self._settle_failure(
+                        batch, "crash", f"worker memory passed {mb} MiB ({batch.phase})", now, queue, done
+                    )
         return done
 
 

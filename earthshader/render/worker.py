@@ -132,7 +132,11 @@ class _Renderer:
         finite = np.isfinite(rgb)
         if not finite.all():
             bad = int((~finite.all(axis=2)).sum())
-            return "invalid_output", f"non-finite output (NaN/Inf, or never written) in {bad} of {size * size} pixels", None
+            return (
+                "invalid_output",
+                f"non-finite output (NaN/Inf, or never written) in {bad} of {size * size} pixels",
+                None,
+            )
         # Quantise as a display (and a PNG) would, so a saved image is the render, bit for bit.
         pixels = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)[::-1]
         return "ok", "", np.ascontiguousarray(pixels).tobytes()
