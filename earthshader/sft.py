@@ -53,24 +53,26 @@ REQUIRED_COLUMNS = ("image", "prompt", "completion")
 class EarthShaderSFTConfig(SFTConfig):
     """TRL's ``SFTConfig`` plus the per-token loss weights; the defaults are the seed project's."""
 
-    code_weight: float = field(default=5.0, metadata={"help": "Loss weight of tokens inside the fenced code block."})
+    code_weight: float = field(
+        default=5.0, metadata={"help": "Loss weight of tokens inside the fenced code block."}
+    )
     reasoning_weight: float = field(
         default=0.2, metadata={"help": "Loss weight of the natural-language reasoning before the code."}
     )
-    fence_weight: float = field(default=1.0, metadata={"help": "Loss weight of the ```glsl and ``` fence tokens."})
+    fence_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight of the ```glsl and ``` fence tokens."}
+    )
     end_weight: float = field(
         default=1.0, metadata={"help": "Loss weight of the end-of-turn tokens (<|im_end|> and what follows)."}
     )
     lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "Learning-rate schedule after warmup (the seed's Phase-2 choice)."}
+        default="cosine",
+        metadata={"help": "Learning-rate schedule after warmup (the seed's Phase-2 choice)."},
     )
     warmup_steps: float = field(
         default=0.05, metadata={"help": "Warmup length: steps if >= 1, else a fraction of all steps."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(
-        default=True, metadata={"help": "Drop dataset columns the collator does not read."}
-    )
     # TRL turns these on by default; here they follow the machine (bf16 where the GPU has it) and the recipe.
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
@@ -99,14 +101,22 @@ class SFTScriptArguments:
 
     dataset_path: str = field(
         default="data/stage1",
-        metadata={"help": "A dataset folder written by `earthshader data` (datasets.save_to_disk, train/test)."},
+        metadata={
+            "help": "A dataset folder written by `earthshader data` (datasets.save_to_disk, train/test)."
+        },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on, if eval is enabled."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on, if eval is enabled."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training rows."}
+    )
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Delete output_dir first and start afresh (default: resume from its last checkpoint)."},
+        metadata={
+            "help": "Delete output_dir first and start afresh (default: resume from its last checkpoint)."
+        },
     )
 
 
@@ -288,10 +298,11 @@ class WeightedSFTTrainer(SFTTrainer):
         outputs = model(**inputs, fused_lm_head=True)
         nll = -outputs.log_probs  # (B, T-1), zero where the label is -100
         weights = weights.to(nll.dtype)
-        if num_items_in_batch is None:
+        whole_step = num_items_in_batch is not None
+        if not whole_step:  # evaluation, or a caller without a step: normalise by this batch
             num_items_in_batch = weights.sum()
         loss = (nll * weights).sum() / torch.as_tensor(num_items_in_batch, dtype=nll.dtype).clamp(min=1e-8)
-        if self.args.average_tokens_across_devices and self.model.training and self.accelerator.num_processes > 1:
+        if whole_step and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             # the normaliser counts every rank's weights, and DDP averages the gradients across ranks
             loss = loss * self.accelerator.num_processes
         self._log_token_metrics(mode, outputs, nll.detach(), token_class, inputs)
@@ -317,7 +328,9 @@ class WeightedSFTTrainer(SFTTrainer):
         metrics["entropy"].append(entropy_sum / n_valid if n_valid else 0.0)
         metrics["mean_token_accuracy"].append(correct / n_valid if n_valid else 0.0)
         if mode == "train":
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
+            self._total_train_tokens += int(
+                self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum()
+            )
         metrics["num_tokens"] = [self._total_train_tokens]
 
     # -- checkpoints that are complete or absent
@@ -386,7 +399,14 @@ class JsonlLogCallback(TrainerCallback):
                 if line.strip() and _record_step(line) <= state.global_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self._write({"event": "train_begin", "step": state.global_step, "max_steps": state.max_steps, "time": time.time()})
+        self._write(
+            {
+                "event": "train_begin",
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "time": time.time(),
+            }
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -418,11 +438,15 @@ def load_sft_dataset(script_args: SFTScriptArguments):
     if not isinstance(data, DatasetDict):
         data = DatasetDict({script_args.dataset_train_split: data})
     if script_args.dataset_train_split not in data:
-        raise UsageError(f"dataset {path} has no {script_args.dataset_train_split!r} split (has {list(data)})")
+        raise UsageError(
+            f"dataset {path} has no {script_args.dataset_train_split!r} split (has {list(data)})"
+        )
     train = data[script_args.dataset_train_split]
     missing = [c for c in REQUIRED_COLUMNS if c not in train.column_names]
     if missing:
-        raise UsageError(f"dataset {path} lacks the column(s) {', '.join(missing)} (has {train.column_names})")
+        raise UsageError(
+            f"dataset {path} lacks the column(s) {', '.join(missing)} (has {train.column_names})"
+        )
     if script_args.max_train_samples is not None:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
     test = data.get(script_args.dataset_test_split)
@@ -434,7 +458,9 @@ def build_trainer(
 ) -> WeightedSFTTrainer:
     """Model, processor, data and callbacks, wired as the recipe says."""
     train, test = load_sft_dataset(script_args)
-    model, processor = load_model_and_processor(model_args, gradient_checkpointing=bool(training_args.activation_checkpointing))
+    model, processor = load_model_and_processor(
+        model_args, gradient_checkpointing=bool(training_args.activation_checkpointing)
+    )
     eval_dataset = test if training_args.eval_strategy != "no" else None
     return WeightedSFTTrainer(
         model=model,
@@ -446,13 +472,17 @@ def build_trainer(
     )
 
 
-def run_sft(script_args: SFTScriptArguments, training_args: EarthShaderSFTConfig, model_args: EarthShaderModelConfig):
+def run_sft(
+    script_args: SFTScriptArguments, training_args: EarthShaderSFTConfig, model_args: EarthShaderModelConfig
+):
     """Train, resuming from the last complete checkpoint in ``output_dir``; save the final model there."""
     out = Path(training_args.output_dir)
     if script_args.overwrite and out.exists():
         shutil.rmtree(out)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last is None and out.is_dir() and any(p for p in out.iterdir() if p.name != ".checkpoint-staging"):
+    # A run killed before its first checkpoint leaves only these behind: start it again.
+    ours = {"log.jsonl", "runs", ".checkpoint-staging"}
+    if last is None and out.is_dir() and any(p.name not in ours for p in out.iterdir()):
         raise UsageError(f"{out} exists and holds no checkpoint to resume (pass --overwrite to start afresh)")
     trainer = build_trainer(script_args, training_args, model_args)
     if last is not None:

@@ -1,0 +1,130 @@
+"""What the weighted cross-entropy costs against TRL's own SFT loss, on the same model and the same batches.
+
+One process, the tiny model, a fixed set of batches of the circle dataset. Each repetition times, in
+alternating order, one optimizer step (forward, loss, backward, AdamW step) both ways:
+  - weighted: ``WeightedSFTTrainer.compute_loss`` (per-token weights, normalised by their sum, plus the
+    code / reasoning split it logs);
+  - trl: ``SFTTrainer.compute_loss`` (the mean NLL of the completion tokens) on the same inputs.
+Collation is timed too (``WeightedVLMCollator`` against TRL's ``DataCollatorForVisionLanguageModeling``),
+since the weights are built there. Medians are reported; the last line is one JSON object.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/sft.py [--reps 30 --batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=4)
+    args = parser.parse_args()
+
+    import torch
+    from conftest_sft import make_circle_dataset
+    from datasets import load_from_disk
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from earthshader import models
+    from earthshader.sft import EarthShaderSFTConfig, WeightedSFTTrainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="es_bench_sft_"))
+    data = load_from_disk(
+        str(make_circle_dataset(tmp / "data", n_train=args.batch_size * args.batches, n_test=1))
+    )
+    model, processor = models.load_model_and_processor(models.EarthShaderModelConfig())
+    config = EarthShaderSFTConfig(
+        output_dir=str(tmp / "run"), report_to="none", max_steps=1, learning_rate=1e-4
+    )
+    trainer = WeightedSFTTrainer(
+        model=model, args=config, train_dataset=data["train"], processing_class=processor
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+    optimizer = trainer.optimizer
+    model = trainer.model.train()
+    trl_collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+
+    rows = [data["train"][i] for i in range(len(data["train"]))]
+    chunks = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+    weighted_batches = [trainer.data_collator([dict(r) for r in c]) for c in chunks]
+    trl_batches = [trl_collator([dict(r) for r in c]) for c in chunks]
+
+    def weighted_step(i: int) -> None:
+        batch = dict(weighted_batches[i % len(chunks)])
+        norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        trainer.compute_loss(model, batch, num_items_in_batch=norm).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def trl_step(i: int) -> None:
+        batch = dict(weighted_batches[i % len(chunks)])
+        batch.pop("loss_weights")
+        batch.pop("token_class")
+        norm = batch["labels"][:, 1:].ne(-100).sum()
+        SFTTrainer.compute_loss(trainer, model, batch, num_items_in_batch=norm).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def timed(fn, i: int) -> float:
+        start = time.perf_counter()
+        fn(i)
+        return time.perf_counter() - start
+
+    for i in range(3):  # warm-up
+        weighted_step(i)
+        trl_step(i)
+    w_times, t_times, wc_times, tc_times = [], [], [], []
+    for i in range(args.reps):
+        order = [(weighted_step, w_times), (trl_step, t_times)]
+        for fn, sink in order if i % 2 == 0 else order[::-1]:
+            sink.append(timed(fn, i))
+        chunk = chunks[i % len(chunks)]
+        cols = [(trainer.data_collator, wc_times), (trl_collator, tc_times)]
+        for collate, sink in cols if i % 2 == 0 else cols[::-1]:
+            start = time.perf_counter()
+            collate([dict(r) for r in chunk])
+            sink.append(time.perf_counter() - start)
+
+    w, t = statistics.median(w_times), statistics.median(t_times)
+    wc, tc = statistics.median(wc_times), statistics.median(tc_times)
+    tokens = int(weighted_batches[0]["attention_mask"].sum())
+    result = {
+        "weighted_step_s": round(w, 5),
+        "trl_step_s": round(t, 5),
+        "overhead": round(w / t - 1, 4),
+        "weighted_collate_s": round(wc, 5),
+        "trl_collate_s": round(tc, 5),
+        "overhead_with_collation": round((w + wc) / (t + tc) - 1, 4),
+        "batch_size": args.batch_size,
+        "tokens_per_batch": tokens,
+        "reps": args.reps,
+        "threads": torch.get_num_threads(),
+        "check_trl_labels_equal": bool(
+            all(
+                torch.equal(a["labels"], b["labels"])
+                for a, b in zip(weighted_batches, trl_batches, strict=False)
+            )
+        ),
+    }
+    print(
+        f"step: weighted {w * 1e3:.1f} ms, TRL {t * 1e3:.1f} ms ({result['overhead']:+.1%}); "
+        f"collate: weighted {wc * 1e3:.1f} ms, TRL {tc * 1e3:.1f} ms"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

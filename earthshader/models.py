@@ -1,0 +1,633 @@
+"""Models: any Qwen2-VL-family checkpoint (4-bit QLoRA or LoRA), and the embedded default ``tiny``.
+
+``load_model_and_processor(cfg)`` is the one entry point. ``cfg.model_name_or_path`` is a local folder,
+a Hugging Face Hub id, or ``"tiny"``: a ~5M-parameter Qwen2-VL built here from a config, with a
+byte-level BPE tokenizer trained on GLSL and scene descriptions, so the whole pipeline runs offline
+on a CPU through exactly the code path the 7B model takes. The tiny model is built deterministically
+on first use into ``$EARTHSHADER_HOME/tiny-<hash>`` (default ``~/.cache/earthshader``) and from then
+on loaded like any checkpoint, with ``from_pretrained``; ``earthshader init-model`` builds it on demand.
+
+Facts that shaped the tiny build (each one failed loudly or silently before it was handled):
+- ``Qwen2VLConfig``'s top-level ``image_token_id`` / ``video_token_id`` / ``vision_start_token_id`` /
+  ``vision_end_token_id`` default to Qwen's 151k ids; with a small vocabulary they must be set.
+- ``mrope_section`` (temporal, height, width) must sum to head_dim / 2.
+- The vision merger projects to ``vision_config.hidden_size``, which must equal the text hidden size.
+- Without torchvision, ``Qwen2VLProcessor`` cannot load its video processor; the tiny model ships an
+  image-only processor class (:class:`Qwen2VLImageOnlyProcessor`, registered with ``AutoProcessor``) over
+  the PIL/numpy image processor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig, Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
+from trl import ModelConfig
+
+from earthshader.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+
+# Qwen's special tokens, in Qwen's order; the tiny tokenizer gives them the ids 0..N-1.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen2-VL's chat template without the default system prompt (tokens a tiny model need not spend).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Everything that decides the tiny model's bytes. Changing any value gives a new cache folder.
+TINY_SPEC: dict[str, Any] = {
+    "version": 3,
+    "seed": 0,
+    "vocab_size": 4096,
+    "corpus_docs": 3000,
+    "text": {
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        # head_dim 64 -> 32 rotary pairs, split over (time, height, width)
+        "mrope_section": [8, 12, 12],
+    },
+    "vision": {
+        "depth": 2,
+        "embed_dim": 128,
+        "num_heads": 4,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    # 112 x 112 px -> 8 x 8 patches of 14 px -> 16 image tokens after the 2 x 2 merge
+    "image_pixels": 112 * 112,
+}
+
+
+def _pin_threads() -> None:
+    """Pin PyTorch's CPU threads: a thread per core in each of two processes oversubscribes small machines."""
+    want = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or min(4, os.cpu_count() or 1)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class EarthShaderModelConfig(ModelConfig):
+    """TRL's ``ModelConfig`` (name, dtype, LoRA, 4-bit) with what a vision-language recipe adds.
+
+    ``model_name_or_path`` defaults to the embedded ``tiny`` model. With ``load_in_4bit`` the base is
+    quantised to NF4 with double quantisation and bf16 compute (QLoRA); ``use_peft`` adds LoRA adapters.
+    """
+
+    model_name_or_path: str | None = field(
+        default=TINY,
+        metadata={"help": "'tiny' (the embedded default), a local model folder, or a Hugging Face Hub id."},
+    )
+    train_vision_tower: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether the vision tower trains: with LoRA, whether its linear layers get adapters; "
+            "without, whether its weights are unfrozen."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Smallest image area (pixels) after resizing; None keeps the processor's own."},
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest image area (pixels) after resizing; bounds the image tokens per sample."},
+    )
+    local_files_only: bool = field(
+        default=False,
+        metadata={"help": "Never reach the Hub: load only local folders and cached checkpoints."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.load_in_4bit and not self.use_peft:
+            raise UsageError(
+                "load_in_4bit needs use_peft: a 4-bit base can only be trained through LoRA adapters"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# The image-only processor
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` without its video processor, which needs torchvision.
+
+    Images and text behave exactly as in ``Qwen2VLProcessor``; videos are not supported.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+class _ImageOnlyProcessorKey(PreTrainedConfig):
+    """A config class used only as the registry key that lets ``AutoProcessor`` find the class above."""
+
+    model_type = "earthshader_image_only_qwen2_vl"
+
+
+AutoProcessor.register(_ImageOnlyProcessorKey, Qwen2VLImageOnlyProcessor, exist_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiny model
+
+_GLSL_SNIPPETS = [
+    "float sdCircle(vec2 p, float r) {\n    return length(p) - r;\n}\n",
+    "float sdBox(vec2 p, vec2 b) {\n    vec2 d = abs(p) - b;\n    return length(max(d, 0.0)) + min(max(d.x, d.y), 0.0);\n}\n",
+    "float sdAnnulus(vec2 p, float r, float w) {\n    return abs(length(p) - r) - w;\n}\n",
+    "float sdSegment(vec2 p, vec2 a, vec2 b) {\n    vec2 pa = p - a, ba = b - a;\n"
+    "    float h = clamp(dot(pa, ba) / dot(ba, ba), 0.0, 1.0);\n    return length(pa - ba * h);\n}\n",
+    "float sdRoundBox(vec2 p, vec2 b, float r) {\n    vec2 q = abs(p) - b + r;\n"
+    "    return min(max(q.x, q.y), 0.0) + length(max(q, 0.0)) - r;\n}\n",
+    "float sdTriangle(vec2 p, float r) {\n    const float k = sqrt(3.0);\n    p.x = abs(p.x) - r;\n"
+    "    p.y = p.y + r / k;\n    if (p.x + k * p.y > 0.0) p = vec2(p.x - k * p.y, -k * p.x - p.y) / 2.0;\n"
+    "    p.x -= clamp(p.x, -2.0 * r, 0.0);\n    return -length(p) * sign(p.y);\n}\n",
+    "float sdEllipse(vec2 p, vec2 ab) {\n    float k0 = length(p / ab);\n    float k1 = length(p / (ab * ab));\n"
+    "    return k0 * (k0 - 1.0) / k1;\n}\n",
+    "float opSmoothUnion(float a, float b, float k) {\n    float h = clamp(0.5 + 0.5 * (b - a) / k, 0.0, 1.0);\n"
+    "    return mix(b, a, h) - k * h * (1.0 - h);\n}\n",
+    "mat2 rot(float a) {\n    float c = cos(a), s = sin(a);\n    return mat2(c, -s, s, c);\n}\n",
+]
+_SHAPES = [
+    "circle",
+    "square",
+    "box",
+    "rounded box",
+    "annulus",
+    "ring",
+    "segment",
+    "capsule",
+    "triangle",
+    "ellipse",
+]
+_OPS = [("union", "min({a}, {b})"), ("minus", "max({a}, -{b})"), ("intersected with", "max({a}, {b})")]
+
+
+def _number(rng: random.Random, lo: float = -1.0, hi: float = 1.0) -> str:
+    return f"{rng.uniform(lo, hi):.2f}"
+
+
+def _builtin_doc(rng: random.Random) -> str:
+    """One document: a scene description, then a Shadertoy shader that draws it."""
+    n = rng.randint(1, 4)
+    parts, terms = [], []
+    for i in range(n):
+        shape = rng.choice(_SHAPES)
+        x, y, r = _number(rng), _number(rng), _number(rng, 0.05, 0.6)
+        parts.append(f"a {shape} at ({x}, {y}) with radius {r}")
+        terms.append(
+            f"sdCircle(p - vec2({x}, {y}), {r})" if i % 2 == 0 else f"sdBox(p - vec2({x}, {y}), vec2({r}))"
+        )
+    words = ["One", "Two", "Three", "Four"][n - 1]
+    reasoning = f"{words} shape{'s' if n > 1 else ''}: " + ", ".join(parts) + "."
+    d = terms[0]
+    for term in terms[1:]:
+        _, pattern = rng.choice(_OPS)
+        d = pattern.format(a=d, b=term)
+    helpers = "".join(rng.sample(_GLSL_SNIPPETS, k=2))
+    code = (
+        f"{helpers}\nvoid mainImage(out vec4 fragColor, in vec2 fragCoord) {{\n"
+        "    vec2 p = (2.0 * fragCoord - iResolution.xy) / iResolution.y;\n"
+        f"    float d = {d};\n"
+        "    float a = 1.0 - smoothstep(0.0, 2.0 / iResolution.y, d);\n"
+        "    fragColor = vec4(vec3(a), 1.0);\n}\n"
+    )
+    return f"{reasoning}\n```glsl\n{code}```"
+
+
+def tiny_corpus(n: int, seed: int = 0) -> list[str]:
+    """The tokenizer's training text: GLSL and scene descriptions, deterministic in ``(n, seed)``.
+
+    Uses ``earthshader.scenes.sample_corpus`` (the real data's text) when that module provides it, plus
+    built-in GLSL snippets and every two-decimal number in [-2, 2], so numbers such as ``0.25`` become
+    single tokens.
+    """
+    rng = random.Random(seed)
+    docs = [_builtin_doc(rng) for _ in range(n)]
+    try:
+        from earthshader.scenes import sample_corpus  # type: ignore[attr-defined]
+    except ImportError:
+        sample_corpus = None
+    if sample_corpus is not None:
+        docs += list(sample_corpus(n, seed))
+    numbers = [f"{i / 100:.2f}" for i in range(-200, 201)]
+    # Seen often enough, in both spacings, to win merges over rarer character pairs.
+    docs += [" ".join(numbers) + " " + ", ".join(numbers) + " (" + ", ".join(numbers) + ")"] * 8
+    docs += _GLSL_SNIPPETS * 20
+    return docs
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with Qwen's special tokens; numbers like ``-0.25`` stay one pre-token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Words with their leading space, numbers with a decimal part whole, runs of punctuation, newlines.
+    split = Regex(r" ?\d+(?:\.\d+)?| ?[A-Za-z_]\w*| ?[^\s\w]+|\n+| +(?!\S)| +")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(split, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=TINY_SPEC["text"]["max_position_embeddings"],
+    )
+    return fast
+
+
+def _tiny_config(tokenizer):
+    from transformers import Qwen2VLConfig
+
+    text, vision = TINY_SPEC["text"], TINY_SPEC["vision"]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if sum(text["mrope_section"]) != head_dim // 2:
+        raise ValueError(f"mrope_section {text['mrope_section']} must sum to head_dim/2 = {head_dim // 2}")
+    return Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": text["hidden_size"],
+            "intermediate_size": text["intermediate_size"],
+            "num_hidden_layers": text["num_hidden_layers"],
+            "num_attention_heads": text["num_attention_heads"],
+            "num_key_value_heads": text["num_key_value_heads"],
+            "max_position_embeddings": text["max_position_embeddings"],
+            "max_window_layers": text["num_hidden_layers"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": text["rope_theta"],
+                "mrope_section": text["mrope_section"],
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": vision["depth"],
+            "embed_dim": vision["embed_dim"],
+            # the merger's output width: it must be the text model's hidden size
+            "hidden_size": text["hidden_size"],
+            "num_heads": vision["num_heads"],
+            "mlp_ratio": vision["mlp_ratio"],
+            "patch_size": vision["patch_size"],
+            "spatial_merge_size": vision["spatial_merge_size"],
+            "temporal_patch_size": vision["temporal_patch_size"],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_spec_hash() -> str:
+    """Short hash of everything that decides the tiny model's bytes (the spec, the template, and the
+    source of ``earthshader.scenes``, whose text the tokenizer learns from)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("earthshader.scenes")
+    scenes_source = Path(spec.origin).read_bytes() if spec and spec.origin else b""
+    payload = json.dumps({"spec": TINY_SPEC, "template": CHAT_TEMPLATE}, sort_keys=True).encode()
+    return hashlib.sha256(payload + hashlib.sha256(scenes_source).digest()).hexdigest()[:10]
+
+
+def earthshader_home() -> Path:
+    return Path(os.environ.get("EARTHSHADER_HOME") or Path.home() / ".cache" / "earthshader")
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model lives once built: ``$EARTHSHADER_HOME/tiny-<hash>``."""
+    return earthshader_home() / f"tiny-{tiny_spec_hash()}"
+
+
+def build_tiny_model(out: str | Path, overwrite: bool = False) -> Path:
+    """Build the tiny Qwen2-VL, its tokenizer and its processor into ``out``; deterministic, offline.
+
+    The folder is written under a temporary name and renamed into place, so a reader never sees a
+    half-written model, and two processes building at once both end with the same complete folder.
+    """
+    from transformers import Qwen2VLForConditionalGeneration, set_seed
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    _pin_threads()
+    tokenizer = _train_tokenizer(
+        tiny_corpus(TINY_SPEC["corpus_docs"], TINY_SPEC["seed"]), TINY_SPEC["vocab_size"]
+    )
+    config = _tiny_config(tokenizer)
+    set_seed(TINY_SPEC["seed"])
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [config.text_config.eos_token_id]
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    pixels = TINY_SPEC["image_pixels"]
+    vision = TINY_SPEC["vision"]
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels,
+        max_pixels=pixels,
+        patch_size=vision["patch_size"],
+        merge_size=vision["spatial_merge_size"],
+        temporal_patch_size=vision["temporal_patch_size"],
+    )
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "earthshader_tiny.json").write_text(
+            json.dumps({"spec": TINY_SPEC, "hash": tiny_spec_hash()}, indent=2)
+        )
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)  # atomic for an absent or empty target folder
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+            # another process finished the same build first; its folder is identical
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("built the tiny model (%d parameters) in %s", model.num_parameters(), out)
+    return out
+
+
+def ensure_tiny_model() -> Path:
+    """The tiny model's folder, built on first use."""
+    path = tiny_model_dir()
+    if not (path / "config.json").exists():
+        logger.info("building the embedded tiny model into %s (once)", path)
+        build_tiny_model(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_model_path(
+    name: str, local_files_only: bool = False, revision: str | None = None
+) -> tuple[str, bool]:
+    """Map ``tiny`` to its folder; return ``(path_or_id, local_only)`` for ``from_pretrained``.
+
+    A Hub id is used from the cache when it is there; otherwise the Hub is asked once (unless offline),
+    and an unreachable or unknown id is one clear ``UsageError``.
+    """
+    if name == TINY:
+        return str(ensure_tiny_model()), True
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), True
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        raise UsageError(f"model folder {name!r} does not exist")
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return name, True
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise _not_found(name, OSError("offline"))
+    # One quick question to the Hub, instead of from_pretrained's minutes of retries when it is unreachable.
+    try:
+        HfApi().model_info(name, revision=revision, timeout=10)
+    except Exception as exc:  # no network, unknown repository, gated model: all one line for the user
+        raise _not_found(name, exc) from None
+    return name, False
+
+
+def _dtype(name: str | None):
+    if name in (None, "auto"):
+        return "auto"
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise UsageError(f"unknown dtype {name!r} (use float32, bfloat16, float16 or auto)") from None
+
+
+def load_processor(cfg: EarthShaderModelConfig, _resolved: tuple[str, bool] | None = None):
+    """The checkpoint's processor, with the recipe's image size limits applied."""
+    path, local_only = _resolved or resolve_model_path(
+        cfg.model_name_or_path or TINY, cfg.local_files_only, cfg.model_revision
+    )
+    try:
+        processor = AutoProcessor.from_pretrained(
+            path, revision=cfg.model_revision, local_files_only=local_only
+        )
+    except OSError as exc:
+        raise _not_found(cfg.model_name_or_path, exc) from None
+    _apply_pixel_limits(processor, cfg)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def _apply_pixel_limits(processor, cfg: EarthShaderModelConfig) -> None:
+    if cfg.min_pixels is None and cfg.max_pixels is None:
+        return
+    ip = processor.image_processor
+    size = dict(ip.size) if ip.size is not None else {}
+    if cfg.min_pixels is not None:
+        size["shortest_edge"] = cfg.min_pixels
+    if cfg.max_pixels is not None:
+        size["longest_edge"] = cfg.max_pixels
+    ip.size = size
+    for key in ("min_pixels", "max_pixels"):
+        if getattr(cfg, key) is not None and hasattr(ip, key):
+            setattr(ip, key, getattr(cfg, key))
+
+
+def _not_found(name: str | None, exc: Exception) -> UsageError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(
+        f"cannot load model {name!r}: not a local folder, not in the Hugging Face cache, and not reachable "
+        f"on the Hub ({first[:120]}); download it first (`hf download {name}`) or pass a local folder"
+    )
+
+
+def quantization_config(cfg: EarthShaderModelConfig):
+    """NF4 with double quantisation and bf16 compute (QLoRA), or None; imports bitsandbytes only when asked."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "load_in_4bit/load_in_8bit needs bitsandbytes and a CUDA GPU: pip install 'earthshader[quant]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=_dtype(cfg.bnb_4bit_quant_storage) if cfg.bnb_4bit_quant_storage else None,
+    )
+
+
+def lora_config(cfg: EarthShaderModelConfig):
+    """PEFT LoRA settings from the recipe; without ``train_vision_tower`` the vision tower gets no adapters."""
+    from peft import LoraConfig
+
+    targets: Any = cfg.lora_target_modules or "all-linear"
+    if not cfg.train_vision_tower:
+        names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        if targets != "all-linear":
+            names = [targets] if isinstance(targets, str) else list(targets)
+        # a regex: the named projections anywhere but under the vision tower (`visual`)
+        targets = rf"^(?!.*\bvisual\b).*\.({'|'.join(names)})$"
+    return LoraConfig(
+        task_type=cfg.lora_task_type,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=cfg.lora_modules_to_save,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        bias="none",
+    )
+
+
+def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing: bool = False):
+    """Load a Qwen2-VL-family model and its processor as the recipe says.
+
+    Args:
+        cfg: the model section of a recipe.
+        gradient_checkpointing: prepare a 4-bit base for checkpointing (the trainer switches it on).
+
+    Returns:
+        ``(model, processor)``; the model is a ``PeftModel`` when ``cfg.use_peft``.
+
+    Raises:
+        UsageError: the checkpoint is neither local, cached nor reachable; or 4-bit without bitsandbytes.
+    """
+    _pin_threads()
+    name = cfg.model_name_or_path or TINY
+    quant = quantization_config(cfg)
+    path, local_only = resolve_model_path(name, cfg.local_files_only, cfg.model_revision)
+    processor = load_processor(cfg, (path, local_only))
+    kwargs: dict[str, Any] = {
+        "revision": cfg.model_revision,
+        "local_files_only": local_only,
+        "dtype": _dtype(cfg.dtype),
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["dtype"] = torch.bfloat16
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise _not_found(name, exc) from None
+
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if cfg.use_peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(cfg))
+        if gradient_checkpointing and quant is None:
+            # checkpointed blocks need an input that requires grad, or the adapters get none
+            model.enable_input_require_grads()
+    elif not cfg.train_vision_tower:
+        for pname, param in model.named_parameters():
+            if ".visual." in f".{pname}" or pname.startswith("visual."):
+                param.requires_grad_(False)
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def cli_main(argv: list[str]) -> int:
+    """``earthshader init-model [--out DIR] [--overwrite]``: build the embedded tiny Qwen2-VL."""
+    parser = argparse.ArgumentParser(prog="earthshader init-model", description=cli_main.__doc__)
+    parser.add_argument("--out", default=None, help=f"folder to write (default: {tiny_model_dir()})")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out) if args.out else tiny_model_dir()
+    if args.out is None and (out / "config.json").exists() and not args.overwrite:
+        print(f"tiny model already built: {out}")
+        return 0
+    build_tiny_model(out, overwrite=args.overwrite)
+    print(f"tiny model written to {out}")
+    return 0

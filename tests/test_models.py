@@ -1,0 +1,176 @@
+"""The embedded tiny Qwen2-VL and the loader for real checkpoints: real builds, real forward passes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from earthshader import models  # noqa: E402
+from earthshader.errors import UsageError  # noqa: E402
+from earthshader.models import EarthShaderModelConfig, build_tiny_model, load_model_and_processor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    """An EARTHSHADER_HOME of this module's own, with the tiny model built in it through the normal path."""
+    home = tmp_path_factory.mktemp("es_home")
+    old = os.environ.get("EARTHSHADER_HOME")
+    os.environ["EARTHSHADER_HOME"] = str(home)
+    try:
+        models.ensure_tiny_model()
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("EARTHSHADER_HOME", None)
+        else:
+            os.environ["EARTHSHADER_HOME"] = old
+
+
+def test_tiny_model_builds_deterministically(tiny_home, tmp_path):
+    again = build_tiny_model(tmp_path / "again")
+    first = models.tiny_model_dir()
+    assert first.parent == tiny_home
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "processor_config.json"):
+        assert _sha(first / name) == _sha(again / name), name
+
+
+def test_tiny_model_reloads_with_from_pretrained_and_generates(tiny_home):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = models.tiny_model_dir()
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert type(processor).__name__ == "Qwen2VLImageOnlyProcessor"
+    assert 3_000_000 < model.num_parameters() < 8_000_000
+    # the special ids sit inside the small vocabulary, not at Qwen's 151k defaults
+    vocab = model.config.text_config.vocab_size
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        assert 0 <= getattr(model.config, key) < vocab
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Draw it."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n")
+    image = Image.new("RGB", (200, 200), (255, 255, 255))  # not 112 px: the processor resizes
+    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
+    out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 6
+
+
+def test_processor_works_without_torchvision(tiny_home):
+    # The point of the image-only processor: this machine has no torchvision.
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(models.tiny_model_dir(), local_files_only=True)
+    assert not hasattr(processor, "video_processor")
+    batch = processor(
+        images=[Image.new("RGB", (112, 112))], text=["<|vision_start|><|image_pad|><|vision_end|>hi"]
+    )
+    assert list(batch["image_grid_thw"][0]) == [1, 8, 8]
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(Exception):  # noqa: B017 - what breaks is transformers' business, that it breaks is ours
+            from transformers import Qwen2VLProcessor
+            from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+            Qwen2VLProcessor(processor.image_processor, processor.tokenizer, Qwen2VLVideoProcessor())
+
+
+def test_tiny_tokenizer_keeps_numbers_and_specials_whole(tiny_home):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models.tiny_model_dir(), local_files_only=True)
+    assert tok.tokenize("0.25") == ["0.25"]
+    assert len(tok.tokenize("vec2(-0.30, 0.12)")) <= 7
+    for special in models.SPECIAL_TOKENS:
+        assert tok.tokenize(special) == [special]
+    assert tok.decode(tok("float d = length(p) - 0.25;\n")["input_ids"]) == "float d = length(p) - 0.25;\n"
+
+
+def test_load_model_and_processor_tiny_default_never_needs_network(tiny_home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, processor = load_model_and_processor(EarthShaderModelConfig())
+    assert model.config.vision_config.hidden_size == model.config.text_config.hidden_size
+    assert processor.image_processor.size["longest_edge"] == 112 * 112
+
+
+def test_load_model_applies_pixel_limits(tiny_home):
+    _, processor = load_model_and_processor(EarthShaderModelConfig(min_pixels=56 * 56, max_pixels=56 * 56))
+    from PIL import Image
+
+    batch = processor(
+        images=[Image.new("RGB", (112, 112))], text=["<|vision_start|><|image_pad|><|vision_end|>"]
+    )
+    assert list(batch["image_grid_thw"][0]) == [1, 4, 4]
+
+
+def test_hub_id_not_cached_fails_with_one_clear_line(tiny_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UsageError) as err:
+        load_model_and_processor(EarthShaderModelConfig(model_name_or_path="Qwen/Qwen2-VL-2B-Instruct"))
+    message = str(err.value)
+    assert "\n" not in message and "Qwen/Qwen2-VL-2B-Instruct" in message and "cache" in message
+
+
+def test_missing_local_folder_is_usage_error():
+    with pytest.raises(UsageError, match="does not exist"):
+        load_model_and_processor(EarthShaderModelConfig(model_name_or_path="./no/such/model"))
+
+
+def test_load_in_4bit_without_bitsandbytes_is_usage_error(tiny_home):
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(UsageError, match="bitsandbytes"):
+        load_model_and_processor(EarthShaderModelConfig(load_in_4bit=True, use_peft=True))
+
+
+def test_lora_adapters_follow_train_vision_tower(tiny_home):
+    text_only, _ = load_model_and_processor(
+        EarthShaderModelConfig(use_peft=True, lora_r=4, train_vision_tower=False)
+    )
+    lora = [n for n, p in text_only.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for n, p in text_only.named_parameters() if "lora_" in n)
+    assert not any("visual" in n for n in lora)
+    assert not any(p.requires_grad for n, p in text_only.named_parameters() if "lora_" not in n)
+
+    both, _ = load_model_and_processor(
+        EarthShaderModelConfig(use_peft=True, lora_r=4, train_vision_tower=True)
+    )
+    assert any("visual" in n and "lora_" in n for n, _ in both.named_parameters())
+
+
+def test_full_finetune_can_freeze_the_vision_tower(tiny_home):
+    model, _ = load_model_and_processor(EarthShaderModelConfig(train_vision_tower=False))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all("visual" in n for n in frozen)
+
+
+def test_init_model_cli_writes_and_refuses_to_overwrite(tiny_home, tmp_path):
+    out = tmp_path / "tiny"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "earthshader.cli", "init-model", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr
+    # built in another process, byte for byte the model this process built
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert _sha(out / name) == _sha(models.tiny_model_dir() / name), name
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert second.returncode == 2
+    assert second.stderr.strip().count("\n") == 0 and "--overwrite" in second.stderr

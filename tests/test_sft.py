@@ -1,0 +1,285 @@
+"""The weighted cross-entropy SFT trainer: the loss by hand, real training of the tiny model, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest_sft import make_circle_dataset  # noqa: E402
+
+from earthshader import models  # noqa: E402
+from earthshader.errors import UsageError  # noqa: E402
+from earthshader.sft import (  # noqa: E402
+    CODE,
+    END,
+    FENCE,
+    IGNORE,
+    REASONING,
+    EarthShaderSFTConfig,
+    WeightedSFTTrainer,
+    WeightedVLMCollator,
+    cli_main,
+    completion_char_classes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "tiny" / "sft.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory) -> Path:
+    return models.build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_circle_dataset(tmp_path_factory.mktemp("data") / "circles", n_train=32, n_test=4)
+
+
+def _trainer(tiny_path, dataset, tmp_path, **overrides) -> WeightedSFTTrainer:
+    from datasets import load_from_disk
+
+    model, processor = models.load_model_and_processor(
+        models.EarthShaderModelConfig(model_name_or_path=str(tiny_path))
+    )
+    args = EarthShaderSFTConfig(output_dir=str(tmp_path / "run"), report_to="none", max_steps=1, **overrides)
+    return WeightedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=load_from_disk(str(dataset))["train"],
+        processing_class=processor,
+    )
+
+
+def _rows(dataset, n):
+    """n training rows; every other one has a longer reasoning, so batches hold padding."""
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(dataset))["train"]
+    rows = [train[i] for i in range(n)]
+    for row in rows[::2]:
+        extra = " It is white on a black background, and its edge is anti-aliased."
+        row["reasoning"] += extra
+        content = row["completion"][0]["content"][0]
+        content["text"] = content["text"].replace(".\n```glsl", "." + extra + "\n```glsl", 1)
+    return rows
+
+
+def test_completion_char_classes_marks_each_part():
+    text = "Two shapes.\n```glsl\nfloat d;\n```<|im_end|>\n"
+    classes = completion_char_classes(text)
+    by_class = {
+        c: "".join(ch for ch, k in zip(text, classes, strict=False) if k == c)
+        for c in (REASONING, FENCE, CODE, END)
+    }
+    assert by_class[REASONING] == "Two shapes.\n"
+    assert by_class[FENCE] == "```glsl\n```"
+    assert by_class[CODE] == "float d;\n"
+    assert by_class[END] == "<|im_end|>\n"
+    # bare code, no fence: all of it is code
+    bare = completion_char_classes("void mainImage() {}<|im_end|>\n")
+    assert set(bare[:19].tolist()) == {CODE}
+
+
+def test_collator_weights_follow_the_parts(tiny_path, dataset):
+    processor = models.load_processor(models.EarthShaderModelConfig(model_name_or_path=str(tiny_path)))
+    weights = {REASONING: 0.2, CODE: 5.0, FENCE: 1.0, END: 1.0}
+    rows = _rows(dataset, 3)
+    batch = WeightedVLMCollator(processor, weights)(rows)
+    ids, cls, w, labels = batch["input_ids"], batch["token_class"], batch["loss_weights"], batch["labels"]
+    tok = processor.tokenizer
+    for i, row in enumerate(rows):
+        code = tok.decode(ids[i][cls[i] == CODE])
+        assert code.strip() == row["code"].strip()
+        assert tok.decode(ids[i][cls[i] == REASONING]).strip() == row["reasoning"]
+        assert "<|im_end|>" in tok.decode(ids[i][cls[i] == END])
+        prompt = cls[i] == IGNORE
+        assert (labels[i][prompt] == -100).all() and (w[i][prompt] == 0).all()
+        # the image placeholder tokens sit in the masked prompt
+        assert int((ids[i][prompt] == tok.convert_tokens_to_ids("<|image_pad|>")).sum()) == 16
+    for c, value in weights.items():
+        assert torch.allclose(w[cls == c], torch.tensor(value))
+    assert batch["pixel_values"].shape[0] == 3 * 64
+
+
+def _hand_loss(model, batch) -> torch.Tensor:
+    """sum(w * nll) / sum(w) over the predicted positions, from the full logits."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "token_class")}
+    logits = model(**inputs).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    w = batch["loss_weights"][:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(logp * w).sum() / w.sum()
+
+
+def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
+    trainer = _trainer(tiny_path, dataset, tmp_path)
+    batch = trainer.data_collator(_rows(dataset, 3))
+    assert (batch["attention_mask"] == 0).any(), "the batch should hold padding"
+    model = trainer.model.eval()
+    # the recipe's weights, then arbitrary ones on the same tokens: the loss must follow the weights
+    generator = torch.Generator().manual_seed(0)
+    arbitrary = torch.rand(batch["loss_weights"].shape, generator=generator) * (batch["loss_weights"] > 0)
+    with torch.no_grad():
+        for weights in (batch["loss_weights"], arbitrary):
+            weighted = {**batch, "loss_weights": weights}
+            expected = _hand_loss(model, weighted)
+            got = trainer.compute_loss(model, dict(weighted))
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
+        # the same normaliser given explicitly (as in training) gives the same value
+        norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        assert torch.allclose(
+            trainer.compute_loss(model, dict(batch), num_items_in_batch=norm), _hand_loss(model, batch)
+        )
+
+
+def test_weighted_loss_is_exact_under_gradient_accumulation(tiny_path, dataset, tmp_path):
+    # Two micro-batches of 2 (different padding) must give the loss and gradient of one batch of 4.
+    trainer = _trainer(tiny_path, dataset, tmp_path)
+    model = trainer.model.train()
+    rows = _rows(dataset, 4)
+    whole = trainer.data_collator(rows)
+    parts = [trainer.data_collator(rows[:2]), trainer.data_collator(rows[2:])]
+    norm = trainer._get_num_items_in_batch(parts, torch.device("cpu"))
+    assert torch.isclose(norm, whole["loss_weights"][:, 1:].sum())
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    loss_whole = trainer.compute_loss(model, dict(whole))
+    g_whole = grads(loss_whole)
+    model.zero_grad()
+    loss_parts = 0.0
+    for part in parts:
+        loss = trainer.compute_loss(model, dict(part), num_items_in_batch=norm)
+        loss.backward()
+        loss_parts += loss.item()
+    g_parts = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert abs(loss_parts - loss_whole.item()) < 1e-4
+    assert torch.allclose(g_parts, g_whole, rtol=1e-3, atol=1e-6)
+
+
+def _run_sft(tiny_path, dataset, out, *extra, timeout=600):
+    cmd = [
+        sys.executable,
+        "-m",
+        "earthshader.cli",
+        "sft",
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(tiny_path),
+        "--dataset_path",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    return cmd, env
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
+    out = tmp_path / "run"
+    cmd, env = _run_sft(
+        tiny_path, dataset, out, "--max_steps", "20", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+        "--save_steps", "100", "--learning_rate", "2e-3", "--warmup_steps", "2",
+    )  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r for r in _records(out) if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    first = sum(r["loss"] for r in steps[:3]) / 3
+    last = sum(r["loss"] for r in steps[-3:]) / 3
+    assert last < 0.6 * first, (first, last)
+    # the split into parts is logged, and the code part (weighted 5.0) learns
+    assert all("loss_code" in r and "loss_reasoning" in r for r in steps)
+    assert steps[-1]["loss_code"] < steps[0]["loss_code"] - 1.0
+    # cosine with warmup: rises over 2 steps, then decays towards zero
+    lrs = [r["learning_rate"] for r in steps]
+    assert lrs[0] < lrs[1] and max(lrs) == pytest.approx(2e-3, rel=0.05) and lrs[-1] < 0.05 * max(lrs)
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard events"
+    assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
+
+
+def test_sft_resumes_after_sigkill_at_the_last_complete_checkpoint(tiny_path, dataset, tmp_path):
+    out = tmp_path / "run"
+    cmd, env = _run_sft(
+        tiny_path, dataset, out, "--max_steps", "12", "--per_device_train_batch_size", "2", "--save_steps", "2",
+        "--logging_steps", "1",
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(out.glob("checkpoint-*")) and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert saved and all(step % 2 == 0 for step in saved) and saved[-1] < 12
+    # a half-written checkpoint, as a kill during a save would leave it, must not be picked
+    (out / ".checkpoint-staging" / "checkpoint-11").mkdir(parents=True, exist_ok=True)
+
+    again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    begins = [r for r in _records(out) if r.get("event") == "train_begin"]
+    assert [b["step"] for b in begins] == [0, saved[-1]]
+    steps = [r["step"] for r in _records(out) if "loss" in r]
+    assert steps == list(range(1, 13)), "each step logged once, the killed run's later records dropped"
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    assert not (out / ".checkpoint-staging").exists()
+
+
+def test_sft_cli_rejects_a_missing_dataset(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        cli_main(
+            ["--config", str(RECIPE), "--dataset_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]
+        )
+
+
+def test_sft_cli_rejects_a_dataset_without_the_columns(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"]})}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UsageError, match="image, prompt, completion"):
+        cli_main(
+            [
+                "--config",
+                str(RECIPE),
+                "--dataset_path",
+                str(tmp_path / "ds"),
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+
+
+def test_sft_cli_refuses_an_output_dir_it_cannot_resume(dataset, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="--overwrite"):
+        cli_main(
+            ["--config", str(RECIPE), "--dataset_path", str(dataset), "--output_dir", str(tmp_path / "out")]
+        )
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
