@@ -19,6 +19,7 @@ Running the same command again resumes from the last complete checkpoint in ``ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -481,10 +482,19 @@ def run_sft(
         shutil.rmtree(out)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     # A run killed before its first checkpoint leaves only these behind: start it again.
-    ours = {"log.jsonl", "runs", ".checkpoint-staging"}
+    ours = {"log.jsonl", "runs", ".checkpoint-staging", "sft_run.json"}
     if last is None and out.is_dir() and any(p.name not in ours for p in out.iterdir()):
         raise UsageError(f"{out} exists and holds no checkpoint to resume (pass --overwrite to start afresh)")
     trainer = build_trainer(script_args, training_args, model_args)
+    if trainer.is_world_process_zero():
+        # What the run was made from, for the export's model card (earthshader.export.run_info).
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "sft": json.loads(training_args.to_json_string()),
+            "script": dataclasses.asdict(script_args),
+            "model": dataclasses.asdict(model_args),
+        }
+        (out / "sft_run.json").write_text(json.dumps(record, indent=2, default=str))
     if last is not None:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
