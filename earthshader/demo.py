@@ -1,0 +1,199 @@
+"""The main job, `make demo`: the whole pipeline with the embedded tiny model and its CPU recipes.
+
+    .venv/bin/python -m earthshader.demo [--quick] [--out demo_out]
+
+Steps, each through the same command a user runs: a Stage-1 dataset (`earthshader data`), the
+supervised warmup (`earthshader sft`, recipes/tiny/sft.yaml), an audit of the SFT model, GRPO on top
+(`earthshader grpo`, recipes/tiny/grpo.yaml), an audit of the GRPO model, reward and loss curves
+(`earthshader plot`), and the export (`earthshader export`). It ends with a table of the audit
+figures and where everything is. `--quick` runs the same steps with small settings in minutes.
+
+The output folder is the demo's own: it carries a marker file, and the demo refuses to write into
+an existing folder without one, so a folder of the user's is never replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from earthshader.errors import UsageError
+
+MARKER = ".earthshader-demo"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How big each step is. The full settings fit the 60-minute budget on a 2-core CPU."""
+
+    samples: int
+    sft_steps: int | None  # None: the recipe's own
+    grpo_steps: int | None
+    audit_samples: int
+    max_new_tokens: int
+
+
+FULL = DemoSettings(samples=2000, sft_steps=None, grpo_steps=None, audit_samples=100, max_new_tokens=384)
+QUICK = DemoSettings(samples=64, sft_steps=20, grpo_steps=2, audit_samples=8, max_new_tokens=320)
+
+
+def _step(title: str, fn, *args, **kwargs):
+    print(f"\n=== {title}", flush=True)
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    print(f"=== {title}: done in {time.monotonic() - start:.0f} s", flush=True)
+    return result
+
+
+def _run_cli(module: str, argv: list[str]) -> None:
+    import importlib
+
+    code = importlib.import_module(module).cli_main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def prepare_out(out: Path) -> None:
+    """Replace a previous demo's folder; refuse any other existing, non-empty folder."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise UsageError(f"{out} exists and was not made by the demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `earthshader.demo`; the next demo run replaces this folder\n")
+
+
+def run_demo(out: Path, settings: DemoSettings) -> dict:
+    """Run every step into ``out``; returns the two audit reports."""
+    from earthshader.audit import report_markdown, run_audit
+
+    prepare_out(out)
+    data, sft_dir, grpo_dir = out / "data" / "stage1", out / "runs" / "sft", out / "runs" / "grpo"
+    started = time.monotonic()
+
+    _step(
+        f"data: {settings.samples} Stage-1 samples",
+        _run_cli,
+        "earthshader.data",
+        ["--stage", "1", "--num-samples", str(settings.samples), "--seed", "0", "--out", str(data)],
+    )
+
+    sft_argv = [
+        "--config",
+        "recipes/tiny/sft.yaml",
+        "--dataset_path",
+        str(data),
+        "--output_dir",
+        str(sft_dir),
+    ]
+    if settings.sft_steps is not None:
+        sft_argv += [
+            "--max_steps",
+            str(settings.sft_steps),
+            "--save_steps",
+            str(max(1, settings.sft_steps // 2)),
+        ]
+    _step("sft: weighted cross-entropy warmup (recipes/tiny/sft.yaml)", _run_cli, "earthshader.sft", sft_argv)
+
+    audit_kwargs = dict(
+        split="test",
+        num_samples=settings.audit_samples,
+        max_new_tokens=settings.max_new_tokens,
+        overwrite=True,
+    )
+    sft_report = _step(
+        "eval: audit of the SFT model",
+        run_audit,
+        str(sft_dir),
+        str(data),
+        out_dir=sft_dir / "audit",
+        **audit_kwargs,
+    )
+
+    grpo_argv = [
+        "--config",
+        "recipes/tiny/grpo.yaml",
+        "--model_name_or_path",
+        str(sft_dir),
+        "--dataset_path",
+        str(data),
+        "--output_dir",
+        str(grpo_dir),
+    ]
+    if settings.grpo_steps is not None:
+        grpo_argv += ["--max_steps", str(settings.grpo_steps), "--save_steps", str(settings.grpo_steps)]
+        grpo_argv += ["--plot_every", "1"]
+    _step("grpo: render-in-the-loop RL (recipes/tiny/grpo.yaml)", _run_cli, "earthshader.grpo", grpo_argv)
+
+    grpo_report = _step(
+        "eval: audit of the GRPO model",
+        run_audit,
+        str(grpo_dir),
+        str(data),
+        out_dir=grpo_dir / "audit",
+        **audit_kwargs,
+    )
+
+    from earthshader.export import export_run
+    from earthshader.plots import plot_runs
+
+    curves = _step(
+        "plot: reward and loss curves", plot_runs, [sft_dir, grpo_dir], out / "curves.png", overwrite=True
+    )
+    export = _step("export: the trained model", export_run, grpo_dir, out / "export", overwrite=True)
+
+    minutes = (time.monotonic() - started) / 60
+    print("\n" + "=" * 72)
+    print(f"EarthShader demo finished in {minutes:.1f} min\n")
+    print(_summary_table(sft_report, grpo_report))
+    print()
+    print(f"audit reports: {sft_dir / 'audit' / 'report.md'}")
+    print(f"               {grpo_dir / 'audit' / 'report.md'}")
+    print(f"sample grids:  {grpo_dir / 'audit' / 'grid.png'}")
+    print(f"curves:        {curves}")
+    print(f"exported:      {export}")
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"minutes": minutes, "sft": sft_report["overall"], "grpo": grpo_report["overall"]}, indent=2
+        )
+    )
+    (out / "summary.md").write_text(
+        "# SFT\n\n" + report_markdown(sft_report) + "\n# GRPO\n\n" + report_markdown(grpo_report)
+    )
+    return {"sft": sft_report, "grpo": grpo_report}
+
+
+def _summary_table(sft: dict, grpo: dict) -> str:
+    from earthshader.audit import METRICS, _fmt
+
+    rows = [("figure", "after SFT", "after GRPO")]
+    for key, label in METRICS:
+        rows.append((label, _fmt(key, sft["overall"].get(key)), _fmt(key, grpo["overall"].get(key))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="earthshader.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="small settings: the same steps in a few minutes"
+    )
+    parser.add_argument("--out", default="demo_out", help="the demo's own output folder (default demo_out)")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(Path(args.out), QUICK if args.quick else FULL)
+    except UsageError as exc:
+        print(f"earthshader demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The main job: `make demo` runs every stage; its output folder never replaces a user's folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from earthshader.demo import MARKER, QUICK, main, prepare_out
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    assert main(["--quick", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not made by the demo" in err
+    assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_demo_replaces_its_own_previous_output(tmp_path):
+    out = tmp_path / "demo"
+    prepare_out(out)
+    (out / "old.txt").write_text("from the last run")
+    prepare_out(out)
+    assert (out / MARKER).exists() and not (out / "old.txt").exists()
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_stage(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sft"]["n"] == summary["grpo"]["n"] > 0
+    for path in ("runs/sft/audit/report.json", "runs/grpo/audit/grid.png", "curves.png", "export/README.md"):
+        assert (out / path).exists(), path
+    assert QUICK.samples == 64
