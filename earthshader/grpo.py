@@ -54,7 +54,9 @@ class EarthShaderGRPOConfig(GRPOConfig):
 
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "A dataset written by `earthshader data` (save_to_disk folder) with `prompt` and `image`."},
+        metadata={
+            "help": "A dataset written by `earthshader data` (save_to_disk folder) with `prompt` and `image`."
+        },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split of the dataset to train on."})
     max_train_samples: int | None = field(
@@ -65,7 +67,8 @@ class EarthShaderGRPOConfig(GRPOConfig):
         metadata={"help": f"Reward components, by name: any of {', '.join(REWARDS)}."},
     )
     render_size: int = field(
-        default=128, metadata={"help": "Square size in pixels of the renders and the targets they are scored on."}
+        default=128,
+        metadata={"help": "Square size in pixels of the renders and the targets they are scored on."},
     )
     render_time: float = field(default=0.0, metadata={"help": "The shader's iTime when rendered for reward."})
     fail_score: float | None = field(
@@ -84,7 +87,9 @@ class EarthShaderGRPOConfig(GRPOConfig):
     )
     plot_every: int = field(
         default=0,
-        metadata={"help": "Every K steps, draw targets, renders, rewards and texts to samples/step-K.png (0: never)."},
+        metadata={
+            "help": "Every K steps, draw targets, renders, rewards and texts to samples/step-K.png (0: never)."
+        },
     )
     plot_samples: int = field(default=8, metadata={"help": "Completions drawn in each samples PNG."})
     overwrite: bool = field(
@@ -119,7 +124,11 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     if not folder.is_dir():
         return None
     steps = sorted(
-        ((int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()),
+        (
+            (int(m.group(1)), p)
+            for p in folder.iterdir()
+            if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()
+        ),
         reverse=True,
     )
     for _, path in steps:
@@ -154,7 +163,9 @@ def prepare_output_dir(args: EarthShaderGRPOConfig) -> Path | None:
     if not (out / CONFIG_FILE).exists():
         raise UsageError(f"{out} exists and is not a GRPO run folder (pass --overwrite true to replace it)")
     if (out / "model.safetensors").exists() or (out / "adapter_model.safetensors").exists():
-        raise UsageError(f"{out} holds a finished model and no checkpoint (pass --overwrite true to train again)")
+        raise UsageError(
+            f"{out} holds a finished model and no checkpoint (pass --overwrite true to train again)"
+        )
     return None
 
 
@@ -176,7 +187,9 @@ def load_train_dataset(args: EarthShaderGRPOConfig):
     if not args.dataset_path:
         raise UsageError("no dataset: set dataset_path (a folder written by `earthshader data`)")
     if not Path(args.dataset_path).is_dir():
-        raise UsageError(f"dataset folder {args.dataset_path!r} does not exist (make it with `earthshader data`)")
+        raise UsageError(
+            f"dataset folder {args.dataset_path!r} does not exist (make it with `earthshader data`)"
+        )
     try:
         data = load_from_disk(args.dataset_path)
     except (FileNotFoundError, ValueError) as exc:
@@ -250,10 +263,20 @@ class JsonlLogCallback(TrainerCallback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+            f.write(json.dumps({"step": state.global_step, **logs}, default=_jsonable) + "\n")
 
 
-def plot_samples(record: BatchRecord, path: str | os.PathLike, step: int | None = None, max_samples: int = 8) -> Path:
+def _jsonable(value: Any) -> Any:
+    """Numbers as numbers (tensors, numpy scalars), anything else as its text."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def plot_samples(
+    record: BatchRecord, path: str | os.PathLike, step: int | None = None, max_samples: int = 8
+) -> Path:
     """Draw a reward batch: per completion, the target, the render (or why it failed) with its rewards,
     and the completion's text. Returns the PNG's path."""
     import matplotlib
@@ -263,7 +286,9 @@ def plot_samples(record: BatchRecord, path: str | os.PathLike, step: int | None 
     import numpy as np
 
     n = min(max_samples, len(record.codes))
-    fig, axes = plt.subplots(n, 3, figsize=(13, 2.6 * n), gridspec_kw={"width_ratios": [1, 1, 3.2]}, squeeze=False)
+    fig, axes = plt.subplots(
+        n, 3, figsize=(13, 2.6 * n), gridspec_kw={"width_ratios": [1, 1, 3.2]}, squeeze=False
+    )
     for i in range(n):
         target, result = record.targets[i], record.results[i]
         ax_t, ax_r, ax_x = axes[i]
@@ -280,10 +305,21 @@ def plot_samples(record: BatchRecord, path: str | os.PathLike, step: int | None 
         ]
         ax_r.set_title(" ".join(scores), fontsize=7)
         lines = []
-        for raw in record.texts[i].splitlines() or [""]:
+        text = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in record.texts[i])
+        for raw in text.splitlines() or [""]:
             lines += textwrap.wrap(raw, 110, replace_whitespace=False) or [""]
         body = "\n".join(lines[:24] + (["..."] if len(lines) > 24 else []))
-        ax_x.text(0, 1, body, family="monospace", fontsize=6, va="top", ha="left", transform=ax_x.transAxes)
+        ax_x.text(
+            0,
+            1,
+            body,
+            family="monospace",
+            fontsize=6,
+            va="top",
+            ha="left",
+            transform=ax_x.transAxes,
+            parse_math=False,
+        )
         for ax in (ax_t, ax_r, ax_x):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -300,7 +336,9 @@ def plot_samples(record: BatchRecord, path: str | os.PathLike, step: int | None 
 class SamplePlotCallback(TrainerCallback):
     """Every ``every`` steps, draw the latest reward batch to ``<output_dir>/samples/step-N.png``."""
 
-    def __init__(self, renders: SharedRenders, output_dir: str | os.PathLike, every: int, max_samples: int = 8):
+    def __init__(
+        self, renders: SharedRenders, output_dir: str | os.PathLike, every: int, max_samples: int = 8
+    ):
         self.renders, self.every, self.max_samples = renders, every, max_samples
         self.folder = Path(output_dir) / "samples"
 
@@ -310,7 +348,12 @@ class SamplePlotCallback(TrainerCallback):
         if self.renders.last is None:
             return
         try:
-            plot_samples(self.renders.last, self.folder / f"step-{state.global_step:06d}.png", state.global_step, self.max_samples)
+            plot_samples(
+                self.renders.last,
+                self.folder / f"step-{state.global_step:06d}.png",
+                state.global_step,
+                self.max_samples,
+            )
         except Exception:  # a figure is not worth a run
             logger.exception("drawing the samples of step %d failed", state.global_step)
 
@@ -319,7 +362,9 @@ class SamplePlotCallback(TrainerCallback):
 # The trainer
 
 
-def build_trainer(args: EarthShaderGRPOConfig, model_args: EarthShaderModelConfig, train_dataset=None) -> GRPOTrainer:
+def build_trainer(
+    args: EarthShaderGRPOConfig, model_args: EarthShaderModelConfig, train_dataset=None
+) -> GRPOTrainer:
     """A ready ``GRPOTrainer``: policy, dataset, rewards over one shared render, logs and plots.
 
     ``train_dataset`` overrides ``args.dataset_path`` (tests and benchmarks build their own).
