@@ -46,8 +46,8 @@ void main() {
     vec4 es_color = vec4(uintBitsToFloat(0x7fc00000u));
     es_color.a = 1.0;
     mainImage(es_color, gl_FragCoord.xy);
-    // Alpha carries the pixel's loop iterations (1 + count): the renderer reads it to route heavy
-    // shaders and to spot loops that ran past the budget.
+    // Alpha carries the pixel's loop iterations (1 + count): the renderer spots loops that ran past
+    // the budget there.
     es_FragColor = vec4(es_color.rgb, 1.0 + float(es_iterations));
 }
 """
@@ -67,7 +67,6 @@ _DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\([^)]*\))?[ \t]*(.*)$
 _MAIN_IMAGE_RE = re.compile(r"\bmainImage\s*\(")
 _MAIN_IMAGE_OUT_RE = re.compile(r"(\bmainImage\s*\(\s*)out\b")
 _USER_MAIN_RE = re.compile(r"\b\w+\s+main\s*\(")
-_LOOP_RE = re.compile(r"\b(for|while|do)\b|##")
 _LOOP_HEAD_RE = re.compile(r"\b(for|while)\s*\(")
 _TOKEN_RE = re.compile(r"\w+|\S")
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -129,15 +128,6 @@ def check_source(code: str) -> str | None:
     if defines and _macro_expansion_size(bare) > MAX_MACRO_EXPANSION:
         return f"#define expansion larger than {MAX_MACRO_EXPANSION} tokens"
     return None
-
-
-def has_loops(code: str) -> bool:
-    """Whether the code may loop (a loop keyword or token pasting that could make one).
-
-    Without loops (and without recursion, which GLSL forbids) a shader's work per pixel is bounded
-    by its size, which is what lets the renderer choose an interpreter over a JIT for it.
-    """
-    return bool(_LOOP_RE.search(strip_comments(code)))
 
 
 def _matching_paren(code: str, open_at: int) -> int:

@@ -6,20 +6,14 @@ results. A worker that misses a deadline, dies (Mesa's compiler can die of a SIG
 the memory limit is killed and a fresh one takes its place; workers also retire after a number of
 renders, so leaks inside the driver stay bounded.
 
-Speed on a CPU (mode ``"mesa"``) comes from choosing Mesa's driver per shader, by rules that depend
-on the source alone so that a source always renders the same pixels:
-
-- loop-free code (all our SDF scenes) goes to llvmpipe in batches: llvmpipe spends tens of
-  milliseconds JIT-compiling each program whatever its size, so up to ``batch_size`` shaders share
-  one program and are drawn one by one;
-- code with loops is drawn first at 16x16 on softpipe, Mesa's interpreter, which counts each
-  pixel's loop iterations through the loop guard. Light loops (noise, fbm, Voronoi) are drawn on
-  softpipe, which starts at once; heavy ones (long raymarches) go to llvmpipe alone, whose JIT
-  pays for itself there.
+Speed on a CPU (mode ``"mesa"``) comes from llvmpipe with two changes to its defaults, chosen by
+measurement (bench/RESULTS.md): LLVM's optimisation passes are off (``GALLIVM_PERF=nopt``), which
+halves the JIT time that dominates a shader drawn once; and up to ``batch_size`` shaders are
+compiled into one program and drawn one by one, so the JIT's fixed cost per program is shared.
+Softpipe, Mesa's interpreter, lost on both our SDF scenes and loop-heavy shaders; it remains a mode.
 
 A batch that fails as a whole is retried shader by shader, so one bad shader never costs the others
-their result. bench/RESULTS.md has the figures. On a GPU machine the workers use the GPU's EGL
-device of this process's local rank.
+their result. On a GPU machine the workers use the GPU's EGL device of this process's local rank.
 """
 
 from __future__ import annotations
@@ -37,14 +31,12 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from earthshader.glsl import check_source, has_loops, prepare
+from earthshader.glsl import check_source, prepare
 from earthshader.render.result import RenderResult
 
 logger = logging.getLogger(__name__)
 
 MESA_DRIVERS = ("softpipe", "llvmpipe")
-# Shaders with loops are first drawn this small on softpipe, counting loop iterations per pixel.
-PROBE_SIZE = 16
 
 
 def detect_mode() -> str:
@@ -73,7 +65,6 @@ class PoolStats:
     spawned: int = 0
     killed: int = 0
     recycled: int = 0
-    deferred: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -130,9 +121,6 @@ class RenderPool:
         start_timeout: seconds a new worker may take to create its GL context.
         batch_size: most shaders compiled into one program. llvmpipe's JIT has a large fixed cost
             per program, so batches multiply its throughput; a failing batch is retried one by one.
-        max_probe_iterations: in ``"mesa"`` mode, a shader with loops is drawn at 16x16 on softpipe
-            first; above this mean loop count per pixel it goes to llvmpipe, below it softpipe
-            draws it. The count is exact, not timed, so a source always takes the same route.
     """
 
     def __init__(
@@ -146,7 +134,6 @@ class RenderPool:
         mode: str | None = None,
         start_timeout: float = 60.0,
         batch_size: int = 16,
-        max_probe_iterations: float = 48.0,
     ):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.compile_timeout = compile_timeout
@@ -157,7 +144,6 @@ class RenderPool:
         self.mode = mode or detect_mode()
         self.start_timeout = start_timeout
         self.batch_size = batch_size
-        self.max_probe_iterations = max_probe_iterations
         self.stats = PoolStats()
         self._idle: dict[str, list[_Worker]] = {}
         self._cache: OrderedDict[tuple[str, int, float], RenderResult] = OrderedDict()
@@ -230,9 +216,7 @@ class RenderPool:
 
     # ----------------------------------------------------------------------------- internals
     def _driver_for(self, source: str) -> str:
-        if self.mode == "mesa":
-            return "softpipe" if has_loops(source) else "llvmpipe"
-        return self.mode
+        return "llvmpipe" if self.mode == "mesa" else self.mode
 
     def _remember(self, key, result: RenderResult) -> RenderResult:
         self.stats.kinds[result.kind] = self.stats.kinds.get(result.kind, 0) + 1
@@ -368,15 +352,8 @@ class RenderPool:
                 jobs_now = self._next_batch(queue)
                 w = self._take_worker(jobs_now[0].driver)
                 batch = _Batch(jobs_now, now, self._compile_deadline(w, len(jobs_now), now))
-                probe = (
-                    (PROBE_SIZE, self.max_probe_iterations)
-                    if self.mode == "mesa" and w.driver == "softpipe"
-                    else None
-                )
                 try:
-                    w.conn_out.send(
-                        ([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2], probe)
-                    )
+                    w.conn_out.send(([j.body for j in jobs_now], jobs_now[0].key[1], jobs_now[0].key[2]))
                 except OSError:  # died while idle: replace it and try again
                     self._kill(w)
                     queue.extend(reversed(jobs_now))
@@ -433,11 +410,7 @@ class RenderPool:
                         image = pixels.astype(np.float32) / np.float32(255.0)
                     seconds = now - batch.started
                     batch.started = now
-                    if kind == "defer":  # too many loop iterations to interpret: JIT-compile it
-                        self.stats.deferred += 1
-                        queue.append(_Job(job.key, job.body, "llvmpipe", alone=True))
-                    else:
-                        done[job.key] = RenderResult(kind, message, image, seconds)
+                    done[job.key] = RenderResult(kind, message, image, seconds)
                     if batch.phase == "draw":
                         batch.to_draw.remove(i)
                         batch.drawn += 1

@@ -3,10 +3,8 @@
 Run as ``python -m earthshader.render.worker READ_FD WRITE_FD``. Messages are pickled over two pipes
 (``multiprocessing.connection.Connection``):
 
-- parent -> worker: ``(bodies, size, time, probe)``, a batch of prepared ``mainImage`` bodies
-  (:func:`earthshader.glsl.prepare`), or ``None`` to exit. ``probe`` is ``None`` or
-  ``(probe_size, max_iterations)``: draw each shader at ``probe_size`` first and answer
-  ``("done", i, "defer", ...)`` instead of drawing it when its mean loop count per pixel is higher;
+- parent -> worker: ``(bodies, size, time)``, a batch of prepared ``mainImage`` bodies
+  (:func:`earthshader.glsl.prepare`), or ``None`` to exit;
 - worker -> parent: ``("ready", renderer)`` once; per batch, first ``("done", i, "compile_error",
   message, None)`` for each body that does not compile, then ``("compiled", n)``, then one
   ``("done", i, kind, message, rgb_bytes_or_None)`` per compiled body, drawn in order.
@@ -90,8 +88,8 @@ class _Renderer:
                 good = [(i, self.program(wrap_prepared(bodies[i]))) for i, _ in good]
         return [(i, (program, None)) for i, program in good]
 
-    def draw(self, program, which: int | None, size: int, t: float, probe: bool = False):
-        """Draw one shader; returns (kind, message, payload). A probe returns the mean loop count."""
+    def draw(self, program, which: int | None, size: int, t: float):
+        """Draw one shader; returns (kind, message, payload)."""
         import numpy as np
 
         from earthshader.glsl import MAX_LOOP_ITERATIONS
@@ -122,8 +120,6 @@ class _Renderer:
         vao.release()
 
         rgba = np.frombuffer(raw, dtype=np.float32).reshape(size, size, 4)
-        if probe:
-            return "probe", "", float(rgba[..., 3].mean() - 1.0)
         rgb = rgba[..., :3]
         over_budget = int((rgba[..., 3] > MAX_LOOP_ITERATIONS + 1.5).sum())
         if over_budget:
@@ -149,17 +145,11 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
         job = conn_in.recv()
         if job is None:
             return
-        bodies, size, t, probe = job
+        bodies, size, t = job
         todo = renderer.compile_batch(bodies, conn_out.send)
         conn_out.send(("compiled", len(todo)))
         programs = {id(program): program for _, (program, _) in todo}
         for i, (program, which) in todo:
-            if probe:
-                # A small render first: a loop count too high to interpret goes back to the pool.
-                _, _, iterations = renderer.draw(program, which, probe[0], t, probe=True)
-                if iterations > probe[1]:
-                    conn_out.send(("done", i, "defer", f"{iterations:.0f} loop iterations per pixel", None))
-                    continue
             kind, message, payload = renderer.draw(program, which, size, t)
             conn_out.send(("done", i, kind, message, payload))
         for program in programs.values():
