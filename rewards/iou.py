@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rewards.shared import SharedRenders, prepare, record, rendered
+from rewards.shared import SharedRenders, gated_scores, prepare, record
 
 
 def foreground(image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -39,12 +39,5 @@ def iou_reward(
 ) -> list[float | None]:
     """Foreground IoU of each completion's render with its target; None where the row has no target."""
     batch = prepare(completions, image, kwargs, renders)
-    scores: list[float | None] = []
-    for result, target in zip(batch.results, batch.targets, strict=True):
-        if target is None:
-            scores.append(None)
-        elif not rendered(result):
-            scores.append(float(fail_score))
-        else:
-            scores.append(float(mask_iou(result.image, target, iou_threshold)))
+    scores = gated_scores(batch, fail_score, lambda render, target: mask_iou(render, target, iou_threshold))
     return record(batch, "iou_reward", scores)

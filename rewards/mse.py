@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rewards.shared import SharedRenders, prepare, record, rendered
+from rewards.shared import SharedRenders, gated_scores, prepare, record
 
 # The smallest black-image MSE used as the scale, so that an (almost) black target stays defined.
 MIN_SCALE = 1e-4
@@ -46,12 +46,4 @@ def mse_reward(
     None where the row has no target image.
     """
     batch = prepare(completions, image, kwargs, renders)
-    scores: list[float | None] = []
-    for result, target in zip(batch.results, batch.targets, strict=True):
-        if target is None:
-            scores.append(None)
-        elif not rendered(result):
-            scores.append(float(fail_score))
-        else:
-            scores.append(mse_similarity(result.image, target))
-    return record(batch, "mse_reward", scores)
+    return record(batch, "mse_reward", gated_scores(batch, fail_score, mse_similarity))

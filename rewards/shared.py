@@ -191,3 +191,19 @@ def record(batch: BatchRecord, name: str, scores: list[float | None]) -> list[fl
     """Keep a reward's scores on the batch record (for the trainer's plots) and return them."""
     batch.scores[name] = scores
     return scores
+
+
+def gated_scores(batch, fail_score: float, score) -> list[float | None]:
+    """Image-reward scores for a batch, gated on compilation.
+
+    ``None`` where a row has no target, ``fail_score`` where the shader did not render valid pixels,
+    else ``score(render_image, target_image)``.
+    """
+    return [
+        None
+        if target is None
+        else float(fail_score)
+        if not rendered(result)
+        else float(score(result.image, target))
+        for result, target in zip(batch.results, batch.targets, strict=True)
+    ]

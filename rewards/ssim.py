@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from rewards.shared import SharedRenders, prepare, record, rendered
+from rewards.shared import SharedRenders, gated_scores, prepare, record
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,15 +43,11 @@ def ssim_reward(
     """Relative SSIM of each completion's render to its target; None where the row has no target."""
     batch = prepare(completions, image, kwargs, renders)
     blacks: dict[int, float] = {}  # a group shares one target array: its black SSIM once
-    scores: list[float | None] = []
-    for result, target in zip(batch.results, batch.targets, strict=True):
-        if target is None:
-            scores.append(None)
-        elif not rendered(result):
-            scores.append(float(fail_score))
-        else:
-            key = hash(target.tobytes())
-            if key not in blacks:
-                blacks[key] = ssim(np.zeros_like(target), target)
-            scores.append(ssim_similarity(result.image, target, blacks[key]))
-    return record(batch, "ssim_reward", scores)
+
+    def score(render: np.ndarray, target: np.ndarray) -> float:
+        key = hash(target.tobytes())
+        if key not in blacks:
+            blacks[key] = ssim(np.zeros_like(target), target)
+        return ssim_similarity(render, target, blacks[key])
+
+    return record(batch, "ssim_reward", gated_scores(batch, fail_score, score))
