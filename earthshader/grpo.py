@@ -36,12 +36,12 @@ from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from earthshader.errors import UsageError
 from earthshader.models import EarthShaderModelConfig, load_model_and_processor, load_processor
+from earthshader.runlog import LOG_FILE, JsonlLogCallback
 from rewards import REWARDS, SharedRenders, get_reward_funcs
 from rewards.shared import BatchRecord, rendered
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "log.jsonl"
 CONFIG_FILE = "grpo_run.json"  # marks a folder as a GRPO run folder (and records how it was made)
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Dataset columns GRPO does not feed to rewards: the reference completion would only confuse readers.
@@ -235,43 +235,6 @@ def load_policy(model_args: EarthShaderModelConfig, gradient_checkpointing: bool
 
 # ----------------------------------------------------------------------------------------------------
 # What users watch
-
-
-class JsonlLogCallback(TrainerCallback):
-    """Append every log (rewards, lengths, compile rate, loss, ...) to ``<output_dir>/log.jsonl``.
-
-    On a resumed run, lines from steps after the checkpoint are dropped first: those steps run again.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike):
-        self.path = Path(output_dir) / LOG_FILE
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= state.global_step:
-                    kept.append(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-        self.path.write_text("".join(f"{line}\n" for line in kept))
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": state.global_step, **logs}, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    """Numbers as numbers (tensors, numpy scalars), anything else as its text."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def plot_samples(

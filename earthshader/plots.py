@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from earthshader.errors import UsageError
+from earthshader.runlog import LOG_FILE
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "log.jsonl"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 # Panels in the order drawn: (title, candidate keys; the first key a run logged is its curve).

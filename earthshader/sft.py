@@ -25,20 +25,19 @@ import logging
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 from earthshader.errors import UsageError
 from earthshader.models import EarthShaderModelConfig, load_model_and_processor
+from earthshader.runlog import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
 
@@ -375,52 +374,6 @@ class WeightedSFTTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
 
 
-class JsonlLogCallback(TrainerCallback):
-    """Appends every log record to ``<output_dir>/log.jsonl``: one JSON object per line, with the step.
-
-    On resume it first drops the records of steps after the checkpoint (they will be logged again), and
-    writes a ``{"event": "train_begin", "step": N}`` record, so the file tells where each run started.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def _write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and _record_step(line) <= state.global_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._write(
-            {
-                "event": "train_begin",
-                "step": state.global_step,
-                "max_steps": state.max_steps,
-                "time": time.time(),
-            }
-        )
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self._write({"step": state.global_step, "epoch": state.epoch, **logs, "time": time.time()})
-
-
-def _record_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 0
-
-
 # --------------------------------------------------------------------------------------------------
 # Data and entry point
 
@@ -469,7 +422,7 @@ def build_trainer(
         train_dataset=train,
         eval_dataset=eval_dataset,
         processing_class=processor,
-        callbacks=[JsonlLogCallback(Path(training_args.output_dir) / "log.jsonl")],
+        callbacks=[JsonlLogCallback(training_args.output_dir)],
     )
 
 
