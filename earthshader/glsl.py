@@ -216,37 +216,22 @@ _SHARED_NAMES = frozenset(
     iTimeDelta iFrame iFrameRate iMouse iDate es_loop_guard es_iterations ES_MAX_ITERATIONS
     """.split()
 )
-_IDENT_RE = re.compile(r"[A-Za-z_]\w*")
-_NUMBER_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?")
+# Numbers first, so that the "e5" of "1e5" or the "f" of "1.0f" is never read as a name; a name
+# after a dot (a field or a swizzle) is matched with its dot, so it can be left alone.
+_TOKEN_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*|[{}]")
 
 
 def _global_names(code: str) -> set[str]:
     """Identifiers that appear outside every ``{}`` block (declarations, parameters, macros)."""
-    names, depth, pos = set(), 0, 0
-    while pos < len(code):
-        ch = code[pos]
-        if ch == "{":
+    names, depth = set(), 0
+    for token in _TOKEN_RE.findall(code):
+        if token == "{":
             depth += 1
-        elif ch == "}":
+        elif token == "}":
             depth = max(0, depth - 1)
-        elif ch.isdigit() or (ch == "." and code[pos + 1 : pos + 2].isdigit()):
-            pos = _NUMBER_RE.match(code, pos).end()
-            continue
-        elif ch.isalpha() or ch == "_":
-            end = _IDENT_RE.match(code, pos).end()
-            if depth == 0:
-                names.add(code[pos:end])
-            pos = end
-            continue
-        pos += 1
+        elif depth == 0 and (token[0].isalpha() or token[0] == "_"):
+            names.add(token)
     return {n for n in names if n not in _SHARED_NAMES and not n.startswith(("gl_", "GL_", "__"))}
-
-
-def _after_dot(code: str, pos: int) -> bool:
-    pos -= 1
-    while pos >= 0 and code[pos] in " \t\r\n":
-        pos -= 1
-    return pos >= 0 and code[pos] == "."
 
 
 def namespace(code: str, prefix: str) -> str:
@@ -254,14 +239,7 @@ def namespace(code: str, prefix: str) -> str:
     names = _global_names(code)
     if not names:
         return code
-    out, pos = [], 0
-    for match in re.finditer(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|[A-Za-z_]\w*", code):
-        word = match.group(0)
-        if word in names and not _after_dot(code, match.start()):
-            out.append(code[pos : match.start()] + prefix + word)
-            pos = match.end()
-    out.append(code[pos:])
-    return "".join(out)
+    return _TOKEN_RE.sub(lambda m: prefix + m.group(0) if m.group(0) in names else m.group(0), code)
 
 
 def combine(bodies: list[str]) -> str:

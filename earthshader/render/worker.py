@@ -55,6 +55,11 @@ class _Renderer:
         if os.environ.get("EARTHSHADER_EGL_DEVICE"):
             kwargs["device_index"] = int(os.environ["EARTHSHADER_EGL_DEVICE"])
         self.ctx = moderngl.create_context(**kwargs)
+        # A blend that changes nothing (result = source) makes llvmpipe treat shaders as not opaque,
+        # so it JIT-compiles one fragment function per shader instead of two (whole and edge tiles):
+        # half the JIT time, the same pixels (bench/RESULTS.md).
+        self.ctx.enable(moderngl.BLEND)
+        self.ctx.blend_func = moderngl.ONE, moderngl.ZERO
         self.vertex_shader = VERTEX_SHADER
         self.header = HEADER
         self.framebuffers = {}
