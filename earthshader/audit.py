@@ -573,11 +573,20 @@ def _fmt(key: str, value: Any) -> str:
     return f"{value:.4f}"
 
 
+def figures_table(report: dict[str, Any]) -> list[str]:
+    """The figures as Markdown table lines: overall, and per stage where there are several."""
+    stages = report.get("stages", {})
+    groups = [("overall", report["overall"])] + [(f"stage {k}", v) for k, v in stages.items()]
+    if len(stages) <= 1:
+        groups = groups[:1]
+    lines = ["| figure | " + " | ".join(name for name, _ in groups) + " |", "|---|" + "---|" * len(groups)]
+    for key, label in METRICS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(key, g.get(key)) for _, g in groups) + " |")
+    return lines
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page: settings, then one table of figures by stage."""
-    groups = [("overall", report["overall"])] + [(f"stage {k}", v) for k, v in report["stages"].items()]
-    if len(report["stages"]) == 1:
-        groups = groups[:1]
     lines = [
         "# EarthShader audit",
         "",
@@ -587,11 +596,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- best constant image: RGB {tuple(round(c, 3) for c in report['constant_rgb'])}",
         f"- time: {report['seconds']:.0f} s",
         "",
-        "| figure | " + " | ".join(name for name, _ in groups) + " |",
-        "|---|" + "---|" * len(groups),
+        *figures_table(report),
     ]
-    for key, label in METRICS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(key, g.get(key)) for _, g in groups) + " |")
     lines += [
         "",
         "MSE is the mean squared pixel difference (images in [0, 1]); a shader that fails is scored as a "

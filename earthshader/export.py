@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from earthshader.audit import METRICS, REPORT_JSON, _fmt, check_out, publish, temp_beside
+from earthshader.audit import REPORT_JSON, check_out, figures_table, publish, temp_beside
 from earthshader.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -237,21 +237,13 @@ def model_card(info: dict[str, Any], audit: dict[str, Any] | None, kind: str, so
     if audit is None:
         lines.append("No audit yet: run `earthshader eval --model <this folder> --data DATASET --out DIR`.")
     else:
-        groups = [("overall", audit["overall"])] + [
-            (f"stage {k}", v) for k, v in audit.get("stages", {}).items()
-        ]
-        if len(audit.get("stages", {})) <= 1:
-            groups = groups[:1]
         decoding = audit.get("decoding", {}).get("mode", "greedy")
         lines += [
             f"On {audit.get('num_samples', '?')} images of `{audit.get('data', '?')}` "
             f"(split `{audit.get('split', '?')}`), {decoding} decoding; from `{audit['_path']}`.",
             "",
-            "| figure | " + " | ".join(n for n, _ in groups) + " |",
-            "|---|" + "---|" * len(groups),
+            *figures_table(audit),
         ]
-        for key, label in METRICS:
-            lines.append(f"| {label} | " + " | ".join(_fmt(key, g.get(key)) for _, g in groups) + " |")
     lines += [
         "",
         "## Use",
