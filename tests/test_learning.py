@@ -1,0 +1,83 @@
+"""The default tiny SFT recipe learns: its first optimizer steps lower the weighted loss on a fixed batch.
+
+Real parts throughout: Stage-1 samples rendered by ``earthshader data``, the embedded tiny Qwen2-VL,
+``recipes/tiny/sft.yaml`` parsed as ``earthshader sft`` parses it, and TRL's training loop with the
+weighted cross-entropy. The training set is exactly one batch (8 rows, the recipe's batch size), so
+every step sees the batch the loss is measured on; a loss that does not fall there means the recipe
+(learning rate, schedule, weights, gradient clipping) or the loss itself is broken.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from earthshader import sft  # noqa: E402
+from earthshader.cli import main as earthshader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "tiny" / "sft.yaml"
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("learning") / "stage1"
+    rc = earthshader(["data", "--stage", "1", "--num-samples", "12", "--seed", "0", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def _fixed_batch_loss(trainer: sft.WeightedSFTTrainer, rows: list[dict]) -> float:
+    """The weighted loss of the recipe on ``rows``, in eval mode, normalised by this batch's weights."""
+    batch = trainer.data_collator(rows)
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    return float(loss)
+
+
+def test_default_sft_recipe_first_steps_lower_loss_on_fixed_batch(stage1, tmp_path):
+    script_args, training_args, model_args = sft.parse_args(
+        [
+            "--config",
+            str(RECIPE),
+            "--dataset_path",
+            str(stage1),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            str(STEPS),
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--logging_steps",
+            "1",
+        ]
+    )
+    # The recipe's own optimisation (learning rate, schedule, loss weights, batch size): only the
+    # length of the run and the output are overridden, so tuning the recipe keeps this test honest.
+    script_args.max_train_samples = training_args.per_device_train_batch_size
+    trainer = sft.build_trainer(script_args, training_args, model_args)
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    assert len(rows) == training_args.per_device_train_batch_size  # one batch: every step sees it
+
+    before = _fixed_batch_loss(trainer, rows)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    after = _fixed_batch_loss(trainer, rows)
+
+    print(f"fixed-batch loss {before:.3f} -> {after:.3f} after {STEPS} steps ({seconds:.1f} s of training)")
+    assert trainer.state.global_step == STEPS
+    # A random model over a 4096-token vocabulary starts near ln(4096) = 8.3 nats.
+    assert before > 6.0, f"initial loss {before:.3f} is not that of a random model"
+    assert after < before - 0.5, (
+        f"{STEPS} steps of the default recipe took the fixed-batch loss only from {before:.3f} "
+        f"to {after:.3f} ({seconds:.1f} s of training)"
+    )
