@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -652,13 +652,8 @@ def draw_grid(
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through the dispatcher
-        raise UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="earthshader eval", description="Audit a model on held-out images.")
+    p = ArgumentParser(prog="earthshader eval", description="Audit a model on held-out images.")
     p.add_argument(
         "--model", required=True, help="'tiny', a model or checkpoint folder, or a PEFT adapter folder"
     )

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 from earthshader.scenes import PRINTERS, STAGES, Scene, format_completion, pixel_grid
 
 logger = logging.getLogger(__name__)
@@ -568,13 +568,8 @@ def iter_files(out: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through the dispatcher
-        raise UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="earthshader data",
         description="Build a dataset of (image, shader) pairs: synthetic scenes of a stage, or Shadereval programs.",
     )

@@ -19,7 +19,6 @@ existing ``--out`` is replaced only with ``--overwrite``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from earthshader.audit import REPORT_JSON, check_out, figures_table, publish, temp_beside
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -357,14 +356,11 @@ def export_run(
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through the dispatcher
-        raise UsageError(message)
-
-
 def cli_main(argv: list[str]) -> int:
     """``earthshader export RUN_DIR --out DIR [--merge] [--audit DIR] [--overwrite]``."""
-    p = _Parser(prog="earthshader export", description="Export a run's adapter or model with a model card.")
+    p = ArgumentParser(
+        prog="earthshader export", description="Export a run's adapter or model with a model card."
+    )
     p.add_argument("run", metavar="RUN_DIR", help="an SFT or GRPO output folder")
     p.add_argument("--out", required=True, help="folder to write the export to")
     p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base model")

@@ -19,7 +19,6 @@ Facts that shaped the tiny build (each one failed loudly or silently before it w
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -36,7 +35,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedC
 from transformers.processing_utils import ProcessorMixin
 from trl import ModelConfig
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -619,7 +618,7 @@ def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing
 
 def cli_main(argv: list[str]) -> int:
     """``earthshader init-model [--out DIR] [--overwrite]``: build the embedded tiny Qwen2-VL."""
-    parser = argparse.ArgumentParser(prog="earthshader init-model", description=cli_main.__doc__)
+    parser = ArgumentParser(prog="earthshader init-model", description=cli_main.__doc__)
     parser.add_argument("--out", default=None, help=f"folder to write (default: {tiny_model_dir()})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ A run still in progress works: a last line cut short mid-write is skipped. A run
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 from earthshader.runlog import LOG_FILE
 
 logger = logging.getLogger(__name__)
@@ -249,14 +248,11 @@ def _labels(paths: list[Path]) -> list[str]:
     return names
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through the dispatcher
-        raise UsageError(message)
-
-
 def cli_main(argv: list[str]) -> int:
     """``earthshader plot RUN_DIR [RUN_DIR ...] [--out FILE.png] [--smooth N] [--overwrite]``."""
-    p = _Parser(prog="earthshader plot", description="Reward and loss curves of training runs, to PNG.")
+    p = ArgumentParser(
+        prog="earthshader plot", description="Reward and loss curves of training runs, to PNG."
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (SFT or GRPO output dirs)")
     p.add_argument(
         "--out", help="PNG to write (default: RUN_DIR/curves.png for one run, curves.png for several)"

@@ -5,16 +5,15 @@ Exit 0 and a PNG on success; on failure exit 1 and one line ``KIND: FILE:LINE:CO
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 
 
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="earthshader render", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="earthshader render", description=__doc__.splitlines()[0])
     parser.add_argument("shader", help="a Shadertoy-style .glsl file defining mainImage")
     parser.add_argument("-o", "--out", required=True, help="PNG to write")
     parser.add_argument("--size", type=int, default=128, help="width and height in pixels (default 128)")
