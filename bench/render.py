@@ -10,13 +10,18 @@ cache is turned off, the pool's cache too).
 - naive: what a first script does: a new EGL context per shader in this process, Mesa's default
   llvmpipe (threads per core), one program, one draw, one readback.
 - pool: earthshader.render.RenderPool as shipped (workers = cores, llvmpipe with LLVM's
-  optimisation passes off, batches of 16 shaders a program).
-- variants, for the record: the pool with batches of 1; the pool on softpipe, one at a time.
+  optimisation passes off, batches of 16 shaders a program, helper functions the shaders of a batch
+  share compiled once, eight shaders drawn at once).
+- variants, for the record: the pool with batches of 1; the pool on softpipe, one at a time; on
+  request (``--ways``), the pool without sharing the helper functions that shaders of a batch define
+  identically (``pool_nodedupe``), drawing a batch's shaders one a draw instead of eight
+  (``pool_outputs1``), or neither (``pool_neither``).
 
 The last line is one JSON object: sdf_per_s, naive_sdf_per_s, heavy_per_s, naive_heavy_per_s, the
 speedups, the variants, and CPU milliseconds per shader (the pool's workers' and this process's
-own CPU time, all threads): a figure that holds on a shared machine, where wall-clock rates move
-with everyone else's load. Every figure is the median over --reps runs.
+own CPU time, all threads): a figure that moves much less than wall-clock rates on a shared
+machine, though contention for the cores still inflates it (up to 1.7x seen on the 2-core machine),
+so compare it between runs made side by side. Every figure is the median over --reps runs.
 """
 
 from __future__ import annotations
@@ -116,6 +121,19 @@ void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
 ]
 
 
+# The pools a run may time, with their RenderPool arguments besides cache_mb=0 ("naive" is no pool).
+WAYS = {
+    "naive": {},
+    "pool": {},
+    "pool_batch1": {"batch_size": 1},
+    "pool_softpipe": {"batch_size": 1, "mode": "softpipe"},
+    "pool_nodedupe": {"dedupe": False},
+    "pool_outputs1": {"outputs": 1},
+    "pool_neither": {"dedupe": False, "outputs": 1},
+}
+DEFAULT_WAYS = ("naive", "pool", "pool_batch1", "pool_softpipe")
+
+
 def sdf_sources(n: int, seed: int = 0) -> list[str]:
     """``n`` distinct Stage-2 scenes printed as GLSL."""
     from earthshader.scenes import random_scene, to_glsl
@@ -198,16 +216,25 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument(
+        "--ways",
+        default=",".join(DEFAULT_WAYS),
+        help=f"comma-separated subset of {','.join(WAYS)} (default: {','.join(DEFAULT_WAYS)})",
+    )
+    parser.add_argument("--sets", default="sdf,heavy", help="comma-separated subset of sdf,heavy")
     args = parser.parse_args()
+    ways = [w for w in args.ways.split(",") if w]
+    if not ways or set(ways) - set(WAYS):
+        parser.error(f"--ways takes names from {','.join(WAYS)}")
+    set_names = [s for s in args.sets.split(",") if s]
+    if not set_names or set(set_names) - {"sdf", "heavy"}:
+        parser.error("--sets takes names from sdf,heavy")
 
     from earthshader.render import RenderPool
 
-    sets = {"sdf": sdf_sources(args.n), "heavy": heavy_sources(args.n)}
-    pools = {
-        "pool": RenderPool(cache_mb=0),
-        "pool_batch1": RenderPool(cache_mb=0, batch_size=1),
-        "pool_softpipe": RenderPool(cache_mb=0, batch_size=1, mode="softpipe"),
-    }
+    makers = {"sdf": sdf_sources, "heavy": heavy_sources}
+    sets = {name: makers[name](args.n) for name in set_names}
+    pools = {way: RenderPool(cache_mb=0, **WAYS[way]) for way in ways if way != "naive"}
     warm = [f"void mainImage(out vec4 c, in vec2 p) {{ c = vec4({i}.0 / 8.0); }}" for i in range(8)]
     for pool in pools.values():  # start the workers before timing
         pool.render_many(warm, size=8)
@@ -216,7 +243,7 @@ def main() -> None:
     cpu_ms_each: dict[str, list[float]] = {}
     for rep in range(args.reps):
         for set_name, sources in sets.items():
-            runs = {"naive": lambda s=sources: naive_render_all(s, args.size)}
+            runs = {"naive": lambda s=sources: naive_render_all(s, args.size)} if "naive" in ways else {}
             for pool_name, pool in pools.items():
                 runs[pool_name] = lambda s=sources, p=pool: pool_render_all(p, s, args.size)
             for run_name, run in runs.items():
@@ -235,21 +262,28 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms_each.items()}
-    result = {
-        "sdf_per_s": round(med["pool_sdf"], 1),
-        "naive_sdf_per_s": round(med["naive_sdf"], 1),
-        "heavy_per_s": round(med["pool_heavy"], 1),
-        "naive_heavy_per_s": round(med["naive_heavy"], 1),
-        "sdf_speedup": round(med["pool_sdf"] / med["naive_sdf"], 2),
-        "heavy_speedup": round(med["pool_heavy"] / med["naive_heavy"], 2),
-        "batch1_sdf_per_s": round(med["pool_batch1_sdf"], 1),
-        "batch1_heavy_per_s": round(med["pool_batch1_heavy"], 1),
-        "softpipe_sdf_per_s": round(med["pool_softpipe_sdf"], 1),
-        "softpipe_heavy_per_s": round(med["pool_softpipe_heavy"], 1),
-        "cpu_ms_sdf": round(cpu["pool_sdf"], 1),
-        "naive_cpu_ms_sdf": round(cpu["naive_sdf"], 1),
-        "cpu_ms_heavy": round(cpu["pool_heavy"], 1),
-        "naive_cpu_ms_heavy": round(cpu["naive_heavy"], 1),
+    result: dict[str, object] = {}  # the keys of a full run, in its order; ways not run are left out
+
+    def put(name: str, table: dict[str, float], key: str) -> None:
+        if key in table:
+            result[name] = round(table[key], 1)
+
+    for s in ("sdf", "heavy"):
+        put(f"{s}_per_s", med, f"pool_{s}")
+        put(f"naive_{s}_per_s", med, f"naive_{s}")
+    for s in ("sdf", "heavy"):
+        if f"pool_{s}" in med and f"naive_{s}" in med:
+            result[f"{s}_speedup"] = round(med[f"pool_{s}"] / med[f"naive_{s}"], 2)
+    for way in ways:
+        if way not in ("pool", "naive"):
+            for s in ("sdf", "heavy"):
+                put(f"{way.removeprefix('pool_')}_{s}_per_s", med, f"{way}_{s}")
+    for s in ("sdf", "heavy"):
+        put(f"cpu_ms_{s}", cpu, f"pool_{s}")
+        put(f"naive_cpu_ms_{s}", cpu, f"naive_{s}")
+        for way in ("pool_nodedupe", "pool_outputs1", "pool_neither"):
+            put(f"{way.removeprefix('pool_')}_cpu_ms_{s}", cpu, f"{way}_{s}")
+    result |= {
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "size": args.size,
         "reps": args.reps,

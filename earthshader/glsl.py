@@ -11,7 +11,7 @@ see; the renderer still compiles what passes in a sandboxed worker process.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_SOURCE_BYTES = 32 * 1024
 MAX_DEFINES = 256
@@ -64,12 +64,30 @@ void main() {
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
 _DIRECTIVE_RE = re.compile(r"^[ \t]*#[ \t]*(version|extension|include)\b", re.M)
 _DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\([^)]*\))?[ \t]*(.*)$", re.M)
-_MAIN_IMAGE_RE = re.compile(r"\bmainImage\s*\(")
-_MAIN_IMAGE_OUT_RE = re.compile(r"(\bmainImage\s*\(\s*)out\b")
-_USER_MAIN_RE = re.compile(r"\b\w+\s+main\s*\(")
-_LOOP_HEAD_RE = re.compile(r"\b(for|while)\s*\(")
+# Patterns that start with a literal are searched many times faster by Python's re than ones that
+# start with \b or \w; where a word must start at the match, _word_starts checks it.
+_MAIN_IMAGE_RE = re.compile(r"mainImage\s*\(")  # at a word start
+_MAIN_IMAGE_OUT_RE = re.compile(r"(mainImage\s*\(\s*)out\b")  # at a word start
+_MAIN_RE = re.compile(r"main\s*\(")  # after a word and white space: a user main()
+_LOOP_HEAD_RE = re.compile(r"(for|while)\s*\(")  # at a word start
 _TOKEN_RE = re.compile(r"\w+|\S")
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def _word_starts(code: str, at: int) -> bool:
+    """Whether ``\\b`` holds before ``code[at]`` (a word character): nothing word-like before it."""
+    return at == 0 or not (code[at - 1].isalnum() or code[at - 1] == "_")
+
+
+def _user_main(code: str) -> bool:
+    """Whether ``code`` holds ``\\w+\\s+main\\s*\\(``: a definition (or declaration) of main()."""
+    for match in _MAIN_RE.finditer(code):
+        at = before = match.start()
+        while before > 0 and code[before - 1].isspace():
+            before -= 1
+        if before < at and before > 0 and (code[before - 1].isalnum() or code[before - 1] == "_"):
+            return True
+    return False
 
 
 def strip_comments(code: str) -> str:
@@ -115,14 +133,14 @@ def check_source(code: str) -> str | None:
     if not bare.isascii():
         line = next(i for i, text in enumerate(bare.splitlines(), 1) if not text.isascii())
         return f"non-ASCII character outside comments (line {line})"
-    directive = _DIRECTIVE_RE.search(bare)
+    directive = _DIRECTIVE_RE.search(bare) if "#" in bare else None
     if directive:
         return f"#{directive.group(1)} is not allowed (the renderer sets the version)"
-    if not _MAIN_IMAGE_RE.search(bare):
+    if not any(_word_starts(bare, m.start()) for m in _MAIN_IMAGE_RE.finditer(bare)):
         return "no mainImage function"
-    if _USER_MAIN_RE.search(bare):
+    if _user_main(bare):
         return "user-defined main() is not allowed (define mainImage instead)"
-    defines = len(_DEFINE_RE.findall(bare))
+    defines = len(_DEFINE_RE.findall(bare)) if "#" in bare else 0
     if defines > MAX_DEFINES:
         return f"more than {MAX_DEFINES} #defines ({defines})"
     if defines and _macro_expansion_size(bare) > MAX_MACRO_EXPANSION:
@@ -152,7 +170,7 @@ def guard_loops(code: str) -> str:
     """
     out, pos = [], 0
     for match in _LOOP_HEAD_RE.finditer(code):
-        if match.start() < pos:
+        if match.start() < pos or not _word_starts(code, match.start()):
             continue
         open_at = match.end() - 1
         close_at = _matching_paren(code, open_at)
@@ -176,7 +194,8 @@ def guard_loops(code: str) -> str:
 
 def prepare(code: str) -> str:
     """The user's code as the renderer compiles it: comments gone, loops guarded, ``inout`` output."""
-    return _MAIN_IMAGE_OUT_RE.sub(r"\1inout", guard_loops(strip_comments(code)))
+    code = guard_loops(strip_comments(code))
+    return _MAIN_IMAGE_OUT_RE.sub(lambda m: m[1] + "inout" if _word_starts(code, m.start()) else m[0], code)
 
 
 def wrap(code: str) -> str:
@@ -221,17 +240,52 @@ _SHARED_NAMES = frozenset(
 _TOKEN_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*|[{}]")
 
 
+# The same tokens, captured, so that re.split keeps them: text, token, text, ..., text.
+_SPLIT_RE = re.compile(r"((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*)")
+# What splits the top level into declarations and definitions.
+_STRUCTURE_RE = re.compile(r"[{};]")
+# Names the combined program introduces (es_which, es3_f, esS0_f): a shader's own use of one is
+# renamed with the rest of its names, so it reaches neither another shader's names nor the dispatch.
+_RESERVED_RE = re.compile(r"(?:es|ES)S?\d*_")
+# Top-level declarations past which a body is namespaced as a whole and shares nothing: splitting
+# costs about 30 us an item, and real shaders have tens.
+MAX_ITEMS = 500
+# A function definition's head: qualifiers and return type, name, parameters (no arrays returned).
+_FUNCTION_HEAD_RE = re.compile(r"\s*(?:[A-Za-z_]\w*\s+)+([A-Za-z_]\w*)\s*\([^(){};]*\)\s*")
+
+
+def _own_name(token: str) -> bool:
+    """Whether a name token is one a shader can declare: not a keyword, built-in or uniform."""
+    return token not in _SHARED_NAMES and not token.startswith(("gl_", "GL_", "__"))
+
+
+def _is_name(token: str) -> bool:
+    return token[0].isalpha() or token[0] == "_"
+
+
+def _reserved(token: str) -> bool:
+    return token[:2] in ("es", "ES") and _RESERVED_RE.match(token) is not None
+
+
 def _global_names(code: str) -> set[str]:
-    """Identifiers that appear outside every ``{}`` block (declarations, parameters, macros)."""
+    """Identifiers that appear outside every ``{}`` block (declarations, parameters, macros), and
+    names reserved for the combined program wherever they appear."""
     names, depth = set(), 0
     for token in _TOKEN_RE.findall(code):
         if token == "{":
             depth += 1
         elif token == "}":
             depth = max(0, depth - 1)
-        elif depth == 0 and (token[0].isalpha() or token[0] == "_"):
+        elif _is_name(token) and (depth == 0 or _reserved(token)):
             names.add(token)
-    return {n for n in names if n not in _SHARED_NAMES and not n.startswith(("gl_", "GL_", "__"))}
+    return {n for n in names if _own_name(n)}
+
+
+def _rename(parts: list[str], get) -> str:
+    """Join :data:`_SPLIT_RE` parts, each token replaced by ``get(token, token)``."""
+    parts = parts.copy()
+    parts[1::2] = map(get, parts[1::2], parts[1::2])
+    return "".join(parts)
 
 
 def namespace(code: str, prefix: str) -> str:
@@ -239,26 +293,207 @@ def namespace(code: str, prefix: str) -> str:
     names = _global_names(code)
     if not names:
         return code
-    return _TOKEN_RE.sub(lambda m: prefix + m.group(0) if m.group(0) in names else m.group(0), code)
+    return _rename(_SPLIT_RE.split(code), {n: prefix + n for n in names}.get)
 
 
-def combine(bodies: list[str]) -> str:
-    """One fragment shader holding several prepared ``mainImage`` bodies; ``es_which`` picks one.
+class _Item(NamedTuple):
+    """A top-level declaration or definition of a prepared body."""
+
+    parts: list[str]  # its text split by _SPLIT_RE
+    names: set[str]  # every name token in it
+    function: str | None  # the function it defines, if it is a function definition
+
+
+class _Function(NamedTuple):
+    """A top-level function definition that may be shared with other shaders of a batch."""
+
+    item: int  # index in the body's items
+    name: str
+    text: str  # whitespace normalised
+    calls: tuple[str, ...]  # the shader's functions it names, all shareable and defined before it
+
+
+class _Body(NamedTuple):
+    names: set[str]  # its global names, as _global_names finds them
+    items: list[_Item]  # its top-level declarations and definitions, in order
+    own: set[str]  # every name it uses that a shader can declare
+    reserved: set[str]  # the names among those reserved for the combined program
+
+
+def _parse(body: str) -> _Body | None:
+    """Prepared ``body`` split into top-level items, with its names; None where it has preprocessor
+    lines or line continuations, braces that do not balance, or more than MAX_ITEMS items."""
+    if "#" in body or "\\" in body:
+        return None
+    bounds = []  # (start, start of the block or -1, end)
+    depth = start = head_end = 0
+    for match in _STRUCTURE_RE.finditer(body):
+        char = match[0]
+        if char == "{":
+            if depth == 0:
+                head_end = match.start()
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                bounds.append((start, head_end, match.end()))
+                start = match.end()
+            elif depth < 0:
+                return None
+        elif depth == 0:
+            bounds.append((start, -1, match.end()))
+            start = match.end()
+        if len(bounds) > MAX_ITEMS:
+            return None
+    if depth:
+        return None
+    bounds.append((start, -1, len(body)))
+    top: set[str] = set()  # tokens outside every block
+    spans = []
+    for start, head_end, end in bounds:
+        parts = _SPLIT_RE.split(body[start:end])
+        tokens = set(parts[1::2])
+        if head_end < 0:
+            top |= tokens
+            function = None
+        else:
+            top.update(_TOKEN_RE.findall(body, start, head_end))
+            head = _FUNCTION_HEAD_RE.fullmatch(body, start, head_end)
+            function = head[1] if head else None
+        spans.append((parts, tokens, function))
+    every = set().union(*(tokens for _, tokens, _ in spans))
+    names = {t for t in every if _is_name(t)}  # not numbers or fields
+    own = {n for n in names if _own_name(n)}
+    reserved = {n for n in own if _reserved(n)}
+    items = [_Item(parts, tokens & names, function) for parts, tokens, function in spans]
+    return _Body((top & own) | reserved, items, own, reserved)
+
+
+def _shareable(body: _Body) -> list[_Function]:
+    """The function definitions of ``body`` that may be shared with other shaders.
+
+    A function may be shared when nothing outside it can change its meaning: it is the only
+    top-level declaration of its name, and nothing before it names it; it names no global variable,
+    constant, struct or prototype of its shader, nothing reserved for the combined program, and of
+    the shader's functions only shareable ones defined before it. Overloads share nothing.
+    """
+    defined = [item.function for item in body.items if item.function is not None]
+    functions = set(defined)
+    if len(functions) < len(defined) or not functions <= body.own:
+        return []  # overloads, or a built-in redefined
+    blocked = set().union(*(item.names for item in body.items if item.function is None))
+    seen: set[str] = set()
+    ok: set[str] = set()
+    shareable = []
+    for k, item in enumerate(body.items):
+        name = item.function
+        if name is not None and name != "mainImage" and name not in seen:
+            mine = item.names & body.own
+            calls = mine & functions
+            calls.discard(name)
+            if calls <= ok and not mine & blocked and not mine & body.reserved:
+                ok.add(name)
+                text = " ".join("".join(item.parts).split())
+                shareable.append(_Function(k, name, text, tuple(sorted(calls))))
+        seen |= item.names
+    return shareable
+
+
+# Bodies one draw of a combined program renders at once, one colour attachment each (GL 3.3 promises
+# 8 draw buffers; llvmpipe has 8).
+MAX_OUTPUTS = 8
+
+
+def draw_groups(bodies: list[str], max_outputs: int = MAX_OUTPUTS) -> list[list[int]]:
+    """Which bodies one draw of their combined program renders together, in drawing order.
+
+    A body that may ``discard`` (or paste tokens together, which could spell it) is drawn alone:
+    discarding a pixel drops every output of the draw. The rest go in order, ``max_outputs`` a draw.
+    """
+    groups, run = [], []
+    for k, body in enumerate(bodies):
+        if "discard" in body or "##" in body:
+            groups.append([k])
+            continue
+        run.append(k)
+        if len(run) == max_outputs:
+            groups.append(run)
+            run = []
+    if run:
+        groups.append(run)
+    return sorted(groups)
+
+
+def combine(bodies: list[str], dedupe: bool = True, groups: list[list[int]] | None = None) -> str:
+    """One fragment shader holding several prepared ``mainImage`` bodies.
+
+    The uniform ``es_which`` picks a group of bodies (``groups``, default: one body a group; see
+    :func:`draw_groups`); the draw runs each body of that group and writes body ``j`` of the group to
+    output ``j`` (``layout(location = j)``): its colour, and in alpha 1 + its own loop iterations.
+    llvmpipe runs every branch of a program for every pixel (masked, not skipped), so a draw costs
+    about the same whichever group it picks: drawing eight bodies a draw instead of one makes the
+    draws of a batch several times cheaper.
 
     Each body's global names get their own prefix, so helpers with the same name in two shaders do
-    not collide. Compiling (and, on llvmpipe, JIT-compiling) once for many shaders is what makes
-    batches fast. Line numbers inside a combined program are not the user's: callers fall back to
-    single programs to report compile errors.
+    not collide. With ``dedupe``, a helper function that several bodies define identically (the same
+    text, calling helpers that are the same too; see :func:`_shareable`) is compiled once, named
+    ``esS<id>_<name>``: the GLSL front end's time grows with the program's length. Compiling (and, on
+    llvmpipe, JIT-compiling) once for many shaders is what makes batches fast. Line numbers inside a
+    combined program are not the user's: callers fall back to single programs to report compile
+    errors.
     """
-    parts = [f"{HEADER}uniform int es_which;\n"]
-    calls = []
-    for k, body in enumerate(bodies):
-        parts.append(namespace(body, f"es{k}_") + "\n")
-        calls.append(
-            f"    {'else ' if k else ''}if (es_which == {k}) es{k}_mainImage(es_color, gl_FragCoord.xy);"
+    if groups is None:
+        groups = [[k] for k in range(len(bodies))]
+    parsed = [_parse(body) for body in bodies]
+    ids: dict[tuple, int] = {}  # (text, its calls with their ids) -> id
+    users: dict[int, int] = {}  # id -> how many bodies define it
+    keyed: list[list[tuple[_Function, int]]] = []
+    for body in parsed:
+        known: dict[str, int] = {}
+        mine = []
+        for f in _shareable(body) if dedupe and body is not None else []:
+            key = (f.text, tuple((c, known[c]) for c in f.calls))
+            known[f.name] = fid = ids.setdefault(key, len(ids))
+            users[fid] = users.get(fid, 0) + 1
+            mine.append((f, fid))
+        keyed.append(mine)
+
+    shared: dict[int, str] = {}  # id -> the function as the combined program holds it
+    namespaced = []
+    for k, (body, mine) in enumerate(zip(parsed, keyed, strict=True)):
+        if body is None:
+            namespaced.append(namespace(bodies[k], f"es{k}_") + "\n")
+            continue
+        items = body.items
+        renames = {f.name: f"esS{fid}_{f.name}" for f, fid in mine if users[fid] > 1}
+        for f, fid in mine:
+            if f.name in renames and fid not in shared:
+                own = {n: renames[n] for n in (f.name, *f.calls)}
+                shared[fid] = _rename(items[f.item].parts, own.get)
+        cut = {f.item for f, _ in mine if f.name in renames}
+        get = ({n: f"es{k}_{n}" for n in body.names} | renames).get
+        namespaced.append(
+            "".join("\n" if i in cut else _rename(item.parts, get) for i, item in enumerate(items))
         )
-    main = FOOTER.replace("    mainImage(es_color, gl_FragCoord.xy);", "\n".join(calls))
-    parts.append(main)
+        namespaced.append("\n")
+
+    outputs = max(len(group) for group in groups)
+    parts = [HEADER.replace("out vec4 es_FragColor;\n", ""), "uniform int es_which;\n"]
+    parts += [f"layout(location = {j}) out vec4 es_out{j};\n" for j in range(outputs)]
+    parts += [shared[fid] + "\n" for fid in sorted(shared)]  # ids grow with use: callees come first
+    parts += namespaced
+    parts.append("void main() {\n    vec4 es_color;\n")
+    for g, group in enumerate(groups):
+        parts.append(f"    {'else ' if g else ''}if (es_which == {g}) {{\n")
+        for j, k in enumerate(group):
+            # As in FOOTER: NaN until written, and each body's own iteration count and budget.
+            parts.append(
+                "        es_color = vec4(uintBitsToFloat(0x7fc00000u)); es_color.a = 1.0; es_iterations = 0;\n"
+                f"        es{k}_mainImage(es_color, gl_FragCoord.xy);\n"
+                f"        es_out{j} = vec4(es_color.rgb, 1.0 + float(es_iterations));\n"
+            )
+        parts.append("    }\n")
+    parts.append("}\n")
     return "".join(parts)
 
 

@@ -30,8 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig, Qwen2VLProcessor
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedConfig,
+    Qwen2VLProcessor,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 from trl import ModelConfig
 
@@ -69,7 +77,7 @@ CHAT_TEMPLATE = (
 
 # Everything that decides the tiny model's bytes. Changing any value gives a new cache folder.
 TINY_SPEC: dict[str, Any] = {
-    "version": 3,
+    "version": 5,
     "seed": 0,
     "vocab_size": 4096,
     "corpus_docs": 3000,
@@ -92,6 +100,8 @@ TINY_SPEC: dict[str, Any] = {
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
+        # RGB plus the pixel's (x, y): see Qwen2VLCoordImageProcessor
+        "in_channels": 5,
     },
     # 112 x 112 px -> 8 x 8 patches of 14 px -> 16 image tokens after the 2 x 2 merge
     "image_pixels": 112 * 112,
@@ -174,6 +184,41 @@ class _ImageOnlyProcessorKey(PreTrainedConfig):
 
 
 AutoProcessor.register(_ImageOnlyProcessorKey, Qwen2VLImageOnlyProcessor, exist_ok=True)
+
+
+class Qwen2VLCoordImageProcessor(Qwen2VLImageProcessorPil):
+    """Qwen2-VL's image processor that appends each pixel's screen coordinates as two more channels.
+
+    Qwen2-VL's vision tower has no absolute position embedding: its only positional signal is a 2D
+    rotary embedding inside attention, which is relative. A pretrained tower has learned to live with
+    that; a tiny tower trained from scratch has no way to put "where" into a token, and the language
+    model reads image tokens through attention values, which carry no position either. Handing the
+    tower the coordinates as input (CoordConv) fixes that without touching the model's code: the tiny
+    model is a stock ``Qwen2VLForConditionalGeneration`` whose patch embedding has ``in_channels = 5``
+    (``bench/LEARNING.md``, session 2).
+
+    The two channels hold Shadertoy's ``uv = (2 * fragCoord - iResolution.xy) / iResolution.y`` at each
+    pixel centre, x then y (y up), the very coordinates the shaders and the reasoning text use.
+    """
+
+    def __init__(self, coord_channels: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.coord_channels = coord_channels
+
+    def patchify(self, image, patch_size: int, merge_size: int, temporal_patch_size: int):
+        image = np.asarray(image, dtype=np.float32)
+        if self.coord_channels:
+            _, h, w = image.shape
+            x = (2.0 * (np.arange(w, dtype=np.float32) + 0.5) - w) / h
+            y = -(2.0 * (np.arange(h, dtype=np.float32) + 0.5) - h) / h  # row 0 is the top: largest y
+            coords = np.stack([np.broadcast_to(x[None, :], (h, w)), np.broadcast_to(y[:, None], (h, w))])
+            image = np.concatenate([image, coords], axis=0)
+        return super().patchify(image, patch_size, merge_size, temporal_patch_size)
+
+
+AutoImageProcessor.register(
+    _ImageOnlyProcessorKey, image_processor_classes={"pil": Qwen2VLCoordImageProcessor}, exist_ok=True
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,8 +316,10 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    # Words with their leading space, numbers with a decimal part whole, runs of punctuation, newlines.
-    split = Regex(r" ?\d+(?:\.\d+)?| ?[A-Za-z_]\w*| ?[^\s\w]+|\n+| +(?!\S)| +")
+    # Words with their leading space, numbers with their sign and decimal part whole (so "(-0.25" is
+    # "(" then "-0.25": the model decides a value in one token, not its sign first and apart), runs
+    # of punctuation, newlines.
+    split = Regex(r" ?-?\d+(?:\.\d+)?| ?[A-Za-z_]\w*| ?(?:[^\s\w-]|-(?!\d))+|\n+| +(?!\S)| +")
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(split, behavior="isolated"),
@@ -336,6 +383,7 @@ def _tiny_config(tokenizer):
             "patch_size": vision["patch_size"],
             "spatial_merge_size": vision["spatial_merge_size"],
             "temporal_patch_size": vision["temporal_patch_size"],
+            "in_channels": vision["in_channels"],
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -372,7 +420,6 @@ def build_tiny_model(out: str | Path, overwrite: bool = False) -> Path:
     half-written model, and two processes building at once both end with the same complete folder.
     """
     from transformers import Qwen2VLForConditionalGeneration, set_seed
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -389,7 +436,8 @@ def build_tiny_model(out: str | Path, overwrite: bool = False) -> Path:
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     pixels = TINY_SPEC["image_pixels"]
     vision = TINY_SPEC["vision"]
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = Qwen2VLCoordImageProcessor(
+        coord_channels=vision["in_channels"] == 5,
         min_pixels=pixels,
         max_pixels=pixels,
         patch_size=vision["patch_size"],

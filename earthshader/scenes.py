@@ -634,7 +634,7 @@ class Stage:
     """One step of the curriculum, as data: what to draw and from which ranges.
 
     Sizes are in uv units, where the screen's height spans -1..1. Every sampled value is a multiple of
-    ``10 ** -precision``, so it prints exactly and parses back to the same float.
+    ``step * 10 ** -precision``, so it prints exactly and parses back to the same float.
     """
 
     name: str = field(metadata={"help": "Short name, used in logs."})
@@ -668,6 +668,21 @@ class Stage:
         },
     )
     precision: int = field(default=PRECISION, metadata={"help": "Decimals of every printed parameter."})
+    step: int = field(
+        default=1,
+        metadata={
+            "help": "Grid of the sampled values, in units of the last printed decimal: 5 with precision 2 "
+            "draws multiples of 0.05. A coarser grid means fewer distinct numbers for a model to tell apart."
+        },
+    )
+    reading_order: bool = field(
+        default=False,
+        metadata={
+            "help": "Sort the shapes of an all-union scene left to right (then bottom to top), so that the "
+            "order a description names them in follows from the picture. Union commutes, so the picture "
+            "is unchanged; a model learning to describe images then has one right answer, not n!."
+        },
+    )
     printer: str = field(
         default="sdf2d",
         metadata={"help": "Key of PRINTERS: the family of scenes and how it becomes a sample."},
@@ -684,6 +699,7 @@ STAGES: dict[int, Stage] = {
         size=(0.12, 0.45),
         rotate=False,
         square_boxes=True,
+        reading_order=True,
     ),
     2: Stage(
         name="boolean",
@@ -700,15 +716,18 @@ STAGES: dict[int, Stage] = {
 }
 
 
-def _uniform(rng: np.random.Generator, lo: float, hi: float, precision: int) -> float:
-    """A value in [lo, hi] on the grid of ``10 ** -precision``, as the float its decimal text parses to."""
+def _uniform(rng: np.random.Generator, lo: float, hi: float, precision: int, step: int = 1) -> float:
+    """A value in [lo, hi] on the grid of ``step * 10 ** -precision``, as the float its decimal text
+    parses to. A range narrower than one grid step gives its lowest grid value at or above ``lo``."""
     scale = 10**precision
-    return int(rng.integers(round(lo * scale), round(hi * scale) + 1)) / scale
+    first = -(-round(lo * scale) // step)  # ceil
+    last = max(first, round(hi * scale) // step)
+    return int(rng.integers(first, last + 1)) * step / scale
 
 
 def _angle(rng: np.random.Generator, stage: Stage, period: float) -> float:
     # Angles cover one period of the shape's symmetry, so different values mean different pictures.
-    return _uniform(rng, 0.0, period, stage.precision) if stage.rotate else 0.0
+    return _uniform(rng, 0.0, period, stage.precision, stage.step) if stage.rotate else 0.0
 
 
 def random_shape(
@@ -719,28 +738,28 @@ def random_shape(
     With ``near`` (and a stage ``spread``) the centre lies within ``spread`` of that point, per axis,
     so that boolean operators have something to cut or join.
     """
-    p = stage.precision
+    p = stage.precision, stage.step
     lo, hi = stage.center
     if near is not None and stage.spread is not None:
-        x = _uniform(rng, max(lo, near[0] - stage.spread), min(hi, near[0] + stage.spread), p)
-        y = _uniform(rng, max(lo, near[1] - stage.spread), min(hi, near[1] + stage.spread), p)
+        x = _uniform(rng, max(lo, near[0] - stage.spread), min(hi, near[0] + stage.spread), *p)
+        y = _uniform(rng, max(lo, near[1] - stage.spread), min(hi, near[1] + stage.spread), *p)
     else:
-        x, y = _uniform(rng, lo, hi, p), _uniform(rng, lo, hi, p)
-    size = _uniform(rng, *stage.size, p)
+        x, y = _uniform(rng, lo, hi, *p), _uniform(rng, lo, hi, *p)
+    size = _uniform(rng, *stage.size, *p)
     if kind == "circle":
         return Circle(x, y, size)
     if kind == "box":
-        h = size if stage.square_boxes else _uniform(rng, *stage.size, p)
+        h = size if stage.square_boxes else _uniform(rng, *stage.size, *p)
         return Box(x, y, size, h, _angle(rng, stage, 1.57))
     if kind == "round_box":
-        h = size if stage.square_boxes else _uniform(rng, *stage.size, p)
-        r = _uniform(rng, 0.02, max(0.02, min(size, h) / 2), p)
+        h = size if stage.square_boxes else _uniform(rng, *stage.size, *p)
+        r = _uniform(rng, 0.02, max(0.02, min(size, h) / 2), *p)
         return RoundBox(x, y, size, h, r, _angle(rng, stage, 1.57))
     if kind == "annulus":
-        t = _uniform(rng, stage.thickness[0], min(stage.thickness[1], size / 2), p)
+        t = _uniform(rng, stage.thickness[0], min(stage.thickness[1], size / 2), *p)
         return Annulus(x, y, size, t)
     if kind == "capsule":
-        return Capsule(x, y, size, _uniform(rng, *stage.thickness, p), _angle(rng, stage, 3.14))
+        return Capsule(x, y, size, _uniform(rng, *stage.thickness, *p), _angle(rng, stage, 3.14))
     if kind == "triangle":
         return Triangle(x, y, size, _angle(rng, stage, 2.09))
     if kind == "hexagon":
@@ -766,8 +785,10 @@ def random_scene(stage: Stage | int, rng: np.random.Generator) -> Scene:
     ops = []
     for _ in range(n - 1):
         kind = stage.operators[int(rng.integers(0, len(stage.operators)))]
-        k = _uniform(rng, *stage.smooth_k, stage.precision) if kind == "smooth_union" else 0.0
+        k = _uniform(rng, *stage.smooth_k, stage.precision, stage.step) if kind == "smooth_union" else 0.0
         ops.append(Op(kind, k))
+    if stage.reading_order and all(op.kind == "union" for op in ops):
+        shapes.sort(key=lambda s: (s.x, s.y))
     return Scene(shapes=tuple(shapes), ops=tuple(ops))
 
 

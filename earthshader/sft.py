@@ -73,6 +73,17 @@ class EarthShaderSFTConfig(SFTConfig):
         default=0.05, metadata={"help": "Warmup length: steps if >= 1, else a fraction of all steps."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    vision_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of the dense vision warmup (earthshader.vision_warmup) before SFT starts: for a "
+            "vision tower trained from scratch. 0: none."
+        },
+    )
+    vision_warmup_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the vision warmup (linear decay to 0)."}
+    )
+    vision_warmup_batch_size: int = field(default=32, metadata={"help": "Images per vision warmup step."})
     # TRL turns these on by default; here they follow the machine (bf16 where the GPU has it) and the recipe.
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
@@ -435,7 +446,7 @@ def run_sft(
         shutil.rmtree(out)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     # A run killed before its first checkpoint leaves only these behind: start it again.
-    ours = {"log.jsonl", "runs", ".checkpoint-staging", "sft_run.json"}
+    ours = {"log.jsonl", "runs", ".checkpoint-staging", "sft_run.json", "vision_warmup.json"}
     if last is None and out.is_dir() and any(p.name not in ours for p in out.iterdir()):
         raise UsageError(f"{out} exists and holds no checkpoint to resume (pass --overwrite to start afresh)")
     trainer = build_trainer(script_args, training_args, model_args)
@@ -450,6 +461,21 @@ def run_sft(
         (out / "sft_run.json").write_text(json.dumps(record, indent=2, default=str))
     if last is not None:
         logger.info("resuming from %s", last)
+    elif training_args.vision_warmup_steps > 0:
+        # Only on a fresh start: a checkpoint already holds the warmed-up tower.
+        from earthshader.vision_warmup import warmup_vision
+
+        losses = warmup_vision(
+            trainer.model,
+            trainer.processing_class.image_processor,
+            load_sft_dataset(script_args)[0],
+            training_args.vision_warmup_steps,
+            learning_rate=training_args.vision_warmup_learning_rate,
+            batch_size=training_args.vision_warmup_batch_size,
+            seed=training_args.seed,
+        )
+        if trainer.is_world_process_zero():
+            (out / "vision_warmup.json").write_text(json.dumps({"loss": losses}))
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():

@@ -5,7 +5,6 @@ Columns: image, prompt, completion (conversational), reasoning, code, scene, sta
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -28,6 +27,8 @@ def circle_row(seed: int, size: int = 112) -> dict:
     """One sample: a white circle on black, its description and its shader."""
     from PIL import Image, ImageDraw
 
+    from earthshader.scenes import Circle, Scene, scene_to_json
+
     rng = random.Random(seed)
     x, y, r = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0.15, 0.4)
     x, y, r = round(x, 2), round(y, 2), round(r, 2)
@@ -44,7 +45,7 @@ def circle_row(seed: int, size: int = 112) -> dict:
         ],
         "reasoning": reasoning,
         "code": code,
-        "scene": json.dumps({"op": "circle", "center": [x, y], "radius": r}),
+        "scene": scene_to_json(Scene(shapes=(Circle(x, y, r),), ops=())),
         "stage": 1,
         "seed": seed,
     }

@@ -92,11 +92,42 @@ def test_processor_works_without_torchvision(tiny_home):
             Qwen2VLProcessor(processor.image_processor, processor.tokenizer, Qwen2VLVideoProcessor())
 
 
+def test_tiny_processor_hands_the_tower_each_pixels_uv_coordinates(tiny_home):
+    # Qwen2-VL's tower has only relative (rotary) positions; the tiny one gets uv as two more channels.
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(models.tiny_model_dir(), local_files_only=True)
+    ip = processor.image_processor
+    assert type(ip).__name__ == "Qwen2VLCoordImageProcessor" and ip.coord_channels
+    pixels = np.zeros((112, 112, 3), np.uint8)
+    pixels[:14, :14] = 255  # a white patch in the top-left corner
+    out = ip(images=[Image.fromarray(pixels)], return_tensors="np")
+    patches = out["pixel_values"].reshape(64, 5, 2, 14, 14)  # 8 x 8 patches, RGB + (x, y), 2 frames
+    # the first patch is the top-left one (Qwen's merge order starts there): white, at uv (-1, 1)
+    assert patches[0, :3].min() > 1.0 and patches[1:, :3].max() < 0.0
+    assert patches[0, 3, 0, 0, 0] == pytest.approx(-1 + 1 / 112) and patches[0, 4, 0, 0, 0] == pytest.approx(
+        1 - 1 / 112
+    )
+    # x grows to the right, y grows upwards, both spanning (-1, 1) on a square image
+    x, y = patches[:, 3].ravel(), patches[:, 4].ravel()
+    assert x.min() == pytest.approx(-1 + 1 / 112) and x.max() == pytest.approx(1 - 1 / 112)
+    assert y.min() == pytest.approx(-1 + 1 / 112) and y.max() == pytest.approx(1 - 1 / 112)
+    assert np.all(np.diff(patches[0, 3, 0, 0, :]) > 0) and np.all(np.diff(patches[0, 4, 0, :, 0]) < 0)
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(models.tiny_model_dir()).vision_config.in_channels == 5
+
+
 def test_tiny_tokenizer_keeps_numbers_and_specials_whole(tiny_home):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(models.tiny_model_dir(), local_files_only=True)
     assert tok.tokenize("0.25") == ["0.25"]
+    # a sign stays with its number, so a value is one decision: "(" then "-0.35", " -0.55"
+    assert tok.tokenize("(-0.35") == ["(", "-0.35"] and tok.tokenize(", -0.55)") == [",", "Ġ-0.55", ")"]
+    assert tok.tokenize("uv - vec2") == ["uv", "Ġ-", "Ġvec2"]  # a minus between words stays punctuation
     assert len(tok.tokenize("vec2(-0.30, 0.12)")) <= 7
     for special in models.SPECIAL_TOKENS:
         assert tok.tokenize(special) == [special]

@@ -76,6 +76,135 @@ def test_render_is_deterministic_across_pools_and_batches():
     assert np.array_equal(first, batched[5].image) and np.array_equal(first, batched[-1].image)
 
 
+@pytest.fixture(scope="module")
+def one_worker():
+    """A pool whose render_many puts up to 16 sources into one batch (one program)."""
+    with RenderPool(workers=1, batch_size=16, cache_mb=0) as p:
+        yield p
+
+
+def _batch_matches_alone(batched: RenderPool, alone: RenderPool, srcs: list[str], size: int = 64):
+    programs = batched.stats.programs
+    together = batched.render_many(srcs, size=size)
+    assert batched.stats.programs == programs + 1  # one program: the batch did not fall back
+    singles = [alone.render(s, size=size) for s in srcs]
+    for i, (a, b) in enumerate(zip(singles, together, strict=True)):
+        assert a.ok and b.ok, (i, a, b)
+        assert np.array_equal(a.image, b.image), i
+    return together
+
+
+def test_render_batch_of_scenes_sharing_helpers_matches_each_alone(pool, one_worker):
+    from earthshader.glsl import combine, prepare
+    from earthshader.scenes import random_scene, to_glsl
+
+    srcs = list(dict.fromkeys(to_glsl(random_scene(2, np.random.default_rng([7, i]))) for i in range(40)))
+    srcs = srcs[:16]
+    assert len(srcs) == 16 and "esS" in combine([prepare(s) for s in srcs])  # helpers are shared
+    _batch_matches_alone(one_worker, pool, srcs)
+
+
+def _value_shader(helpers: str, expr: str, tag: str) -> str:
+    return f"{helpers}\nvoid mainImage(out vec4 c, in vec2 p) {{ c = vec4(vec3({expr}), 1.0); }} // {tag}"
+
+
+@pytest.mark.parametrize(
+    "shaders",
+    [
+        # The same name, different bodies: each shader keeps its own (the first and third share).
+        [
+            ("float f(vec2 p) { return 1.0; }", "f(p)", 1.0),
+            ("float f(vec2 p) { return 0.25; }", "f(p)", 0.25),
+            ("float f(vec2 p) { return 1.0; }", "f(p)", 1.0),
+        ],
+        # A helper reading its own shader's global constant is not shared.
+        [
+            ("const float K = 0.75;\nfloat g() { return K; }", "g()", 0.75),
+            ("const float K = 0.5;\nfloat g() { return K; }", "g()", 0.5),
+            ("float K = 0.25;\nfloat g() { return K; }", "g()", 0.25),
+        ],
+        # Overloads in one shader; the other shaders share the float one.
+        [
+            ("float f(float x) { return x; }\nvec3 f(vec3 x) { return 1.0 - x; }", "f(vec3(f(0.25)))", 0.75),
+            ("float f(float x) { return x; }", "f(0.25)", 0.25),
+            ("float f(float x) { return x; }", "f(0.5)", 0.5),
+        ],
+        # Helpers calling helpers that differ between shaders.
+        [
+            ("float h() { return 0.5; }\nfloat g() { return h(); }", "g()", 0.5),
+            ("float h() { return 0.25; }\nfloat g() { return h(); }", "g()", 0.25),
+            ("float h() { return 0.5; }\nfloat g() { return h() * 2.0; }", "g()", 1.0),
+        ],
+    ],
+    ids=["same_name_other_body", "reads_own_global", "overloads", "calls_differ"],
+)
+def test_render_batch_keeps_each_shaders_own_helpers(pool, one_worker, shaders):
+    srcs = [_value_shader(h, e, f"own{i}-{e}") for i, (h, e, _) in enumerate(shaders)]
+    srcs += [HALF.format(tag=f"own{i}") for i in range(3)]
+    results = _batch_matches_alone(one_worker, pool, srcs, size=16)
+    for (_, _, value), result in zip(shaders, results, strict=False):
+        assert np.allclose(result.image, value, atol=1 / 255), (value, result.image[0, 0])
+
+
+def test_render_batch_with_program_names_in_user_code_fails_as_alone(pool, one_worker):
+    sneaky = "void mainImage(out vec4 c, in vec2 p) { c = vec4(float(es_which)); } // sneaky"
+    results = one_worker.render_many([sneaky, HALF.format(tag="sneaky")], size=16)
+    assert results[0].kind == pool.render(sneaky, size=16).kind == "compile_error"
+    assert results[1].ok
+
+
+SLOW = (
+    "void mainImage(out vec4 c, in vec2 p) {{ float x = 0.0; for (int i = 0; i < 15000; i++) "
+    "{{ x += sin(x + p.x * float(i)) * cos(x - p.y); }} c = vec4(vec3(fract(x)), 1.0); }} // {tag}"
+)
+
+
+def test_render_group_past_its_deadline_is_retried_one_by_one(pool):
+    """Four slow shaders drawn together miss the draw deadline that each alone meets."""
+    srcs = [HALF.format(tag=f"group{i}") for i in range(8)]
+    srcs += [SLOW.format(tag=f"group{i}") for i in range(4)]
+    srcs += [HALF.format(tag=f"group{i}") for i in range(8, 12)]
+    with RenderPool(workers=1, batch_size=16, cache_mb=0, draw_timeout=0.4) as batched:
+        results = batched.render_many(srcs, size=64)
+        assert batched.stats.killed >= 1
+    for src, result in zip(srcs, results, strict=True):
+        alone = pool.render(src, size=64)
+        assert result.ok and alone.ok, (result, alone)
+        assert np.array_equal(result.image, alone.image)
+
+
+def _batch(jobs: int, groups: list[list[int]], drawn: int):
+    from earthshader.render.pool import _Batch, _Job
+
+    batch = _Batch([_Job((f"s{i}", 8, 0.0), "", "llvmpipe") for i in range(jobs)], 0.0, 1.0, "draw")
+    batch.groups = groups
+    batch.to_draw = [i for group in groups for i in group][drawn:]
+    batch.drawn = drawn
+    while not any(i in batch.to_draw for i in groups[batch.group]):
+        batch.group += 1
+    return batch
+
+
+@pytest.mark.parametrize(
+    "groups, drawn, blamed, alone, requeued",
+    [
+        ([[0, 1, 2], [3]], 0, [], [0, 1, 2, 3], [0, 1, 2, 3]),  # the first draw (the JIT): all alone
+        ([[0, 1, 2], [3]], 3, [3], [], []),  # a group of one: its shader is the culprit
+        ([[0], [1, 2, 3], [4]], 1, [], [1, 2, 3], [1, 2, 3, 4]),  # a group: its shaders go alone
+        ([[0, 1], [2, 3, 4], [5]], 3, [], [3, 4], [3, 4, 5]),  # a group half read back
+    ],
+)
+def test_pool_settles_a_failed_draw_on_its_group(groups, drawn, blamed, alone, requeued):
+    batch = _batch(sum(map(len, groups)), groups, drawn)
+    queue, done = [], {}
+    with RenderPool(workers=1, mode="llvmpipe") as pool:  # no worker starts until a render
+        pool._settle_failure(batch, "timeout", "draw exceeded", 1.0, queue, done)
+    assert sorted(int(key[0][1:]) for key in done) == blamed
+    assert all(done[job.key].kind == "timeout" for job in batch.jobs if job.key in done)
+    assert sorted(i for i, job in enumerate(batch.jobs) if job.alone) == alone
+    assert sorted(int(job.key[0][1:]) for job in queue) == requeued
+
+
 def test_render_many_renders_identical_sources_once(pool):
     before = pool.stats.renders
     srcs = [HALF.format(tag="dedupe-a"), HALF.format(tag="dedupe-b")] * 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -180,7 +181,35 @@ def test_stage_one_draws_one_or_two_circles_squares_or_rings_joined_by_union():
         for shape in scene.shapes:
             if isinstance(shape, Box):
                 assert shape.w == shape.h and shape.a == 0.0
+        # reading order: left to right, so the description's order follows from the picture
+        xs = [(shape.x, shape.y) for shape in scene.shapes]
+        assert xs == sorted(xs)
     assert counts == {1, 2}
+
+
+def test_a_coarser_step_draws_every_parameter_on_its_grid():
+    coarse = dataclasses.replace(STAGES[2], step=5)
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        scene = random_scene(coarse, rng)
+        for shape in scene.shapes:
+            for value in shape.params().values():
+                assert round(value * 100) % 5 == 0 and fmt(value) == f"{value:.2f}", (shape, value)
+        assert from_glsl(to_glsl(scene)) == scene
+
+
+def test_reading_order_applies_only_to_all_union_scenes():
+    ordered = dataclasses.replace(STAGES[2], reading_order=True)
+    rng = np.random.default_rng(1)
+    unsorted_union = unsorted_other = 0
+    for _ in range(400):
+        scene = random_scene(ordered, rng)
+        xs = [(shape.x, shape.y) for shape in scene.shapes]
+        if all(op.kind == "union" for op in scene.ops):
+            unsorted_union += xs != sorted(xs)
+        else:
+            unsorted_other += xs != sorted(xs)
+    assert unsorted_union == 0 and unsorted_other > 0  # subtraction's order is part of the picture
 
 
 def test_stage_two_uses_every_primitive_and_operator_with_quantised_parameters():

@@ -185,6 +185,8 @@ def _run_sft(tiny_path, dataset, out, *extra, timeout=600):
         str(dataset),
         "--output_dir",
         str(out),
+        "--vision_warmup_steps",
+        "0",
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
@@ -199,7 +201,8 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     out = tmp_path / "run"
     cmd, env = _run_sft(
         tiny_path, dataset, out, "--max_steps", "20", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--save_steps", "100", "--learning_rate", "2e-3", "--warmup_steps", "2",
+        "--save_steps", "100", "--learning_rate", "2e-3", "--warmup_steps", "2", "--vision_warmup_steps", "4",
+        "--vision_warmup_batch_size", "4",
     )  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -216,6 +219,9 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     assert lrs[0] < lrs[1] and max(lrs) == pytest.approx(2e-3, rel=0.05) and lrs[-1] < 0.05 * max(lrs)
     assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard events"
     assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
+    # the dense vision warmup ran first, on the dataset's scenes
+    warmup = json.loads((out / "vision_warmup.json").read_text())["loss"]
+    assert len(warmup) == 4 and all(v > 0 for v in warmup)
 
 
 def test_sft_resumes_after_sigkill_at_the_last_complete_checkpoint(tiny_path, dataset, tmp_path):

@@ -9,7 +9,8 @@ renders, so leaks inside the driver stay bounded.
 Speed on a CPU (mode ``"mesa"``) comes from llvmpipe with two changes to its defaults, chosen by
 measurement (bench/RESULTS.md): LLVM's optimisation passes are off (``GALLIVM_PERF=nopt``), which
 halves the JIT time that dominates a shader drawn once; and up to ``batch_size`` shaders are
-compiled into one program and drawn one by one, so the JIT's fixed cost per program is shared.
+compiled into one program, so the JIT's fixed cost per program is shared, and drawn up to eight at
+a time (one colour attachment each), since llvmpipe runs every branch of a program for every pixel.
 Softpipe, Mesa's interpreter, lost on both our SDF scenes and loop-heavy shaders; it remains a mode.
 
 A batch that fails as a whole is retried shader by shader, so one bad shader never costs the others
@@ -31,7 +32,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from earthshader.glsl import check_source, prepare
+from earthshader.glsl import MAX_OUTPUTS, check_source, prepare
 from earthshader.render.result import RenderResult
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class PoolStats:
     spawned: int = 0
     killed: int = 0
     recycled: int = 0
+    programs: int = 0  # GL programs drawn from: one a batch, more where a batch failed as a whole
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -103,6 +105,8 @@ class _Batch:
     phase: str = "compile"  # compile -> draw
     to_draw: list[int] = field(default_factory=list)  # indices not drawn yet, in drawing order
     drawn: int = 0
+    groups: list[list[int]] = field(default_factory=list)  # indices drawn together, in drawing order
+    group: int = 0  # the group being drawn
 
 
 class RenderPool:
@@ -111,7 +115,9 @@ class RenderPool:
     Args:
         workers: renders in flight at once (default: the number of CPU cores).
         compile_timeout: seconds allowed for compiling and linking a shader.
-        draw_timeout: seconds allowed for drawing and reading back (llvmpipe's JIT happens here).
+        draw_timeout: seconds allowed for one draw and its read-back (llvmpipe's JIT happens in a
+            program's first draw). A draw renders up to ``outputs`` shaders of a batch at once; when
+            it runs late, those shaders are retried one by one, so each is judged on its own time.
         max_renders_per_worker: a worker retires after this many renders.
         max_worker_mb: a worker whose resident memory passes this is killed (during a render) or
             retired (after it).
@@ -121,6 +127,11 @@ class RenderPool:
         start_timeout: seconds a new worker may take to create its GL context.
         batch_size: most shaders compiled into one program. llvmpipe's JIT has a large fixed cost
             per program, so batches multiply its throughput; a failing batch is retried one by one.
+        dedupe: in a batch's program, compile once the helper functions that several shaders define
+            identically (:func:`earthshader.glsl.combine`). None: on unless the environment sets
+            ``EARTHSHADER_RENDER_DEDUPE=0``.
+        outputs: most shaders of a batch drawn at once, one colour attachment each (at most
+            :data:`earthshader.glsl.MAX_OUTPUTS`); 1 draws them one by one.
     """
 
     def __init__(
@@ -134,6 +145,8 @@ class RenderPool:
         mode: str | None = None,
         start_timeout: float = 60.0,
         batch_size: int = 16,
+        dedupe: bool | None = None,
+        outputs: int = MAX_OUTPUTS,
     ):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.compile_timeout = compile_timeout
@@ -144,6 +157,10 @@ class RenderPool:
         self.mode = mode or detect_mode()
         self.start_timeout = start_timeout
         self.batch_size = batch_size
+        if dedupe is None:
+            dedupe = os.environ.get("EARTHSHADER_RENDER_DEDUPE", "1") != "0"
+        self.dedupe = dedupe
+        self.outputs = max(1, min(outputs, MAX_OUTPUTS))
         self.stats = PoolStats()
         self._idle: dict[str, list[_Worker]] = {}
         self._cache: OrderedDict[tuple[str, int, float], RenderResult] = OrderedDict()
@@ -234,6 +251,8 @@ class RenderPool:
         env = dict(os.environ)
         env.setdefault("MESA_SHADER_CACHE_DISABLE", "true")  # untrusted code: no disk cache
         env["OMP_NUM_THREADS"] = "1"
+        env["EARTHSHADER_RENDER_DEDUPE"] = "1" if self.dedupe else "0"
+        env["EARTHSHADER_RENDER_OUTPUTS"] = str(self.outputs)
         if driver in MESA_DRIVERS:
             env["GALLIUM_DRIVER"] = driver
             env["LIBGL_ALWAYS_SOFTWARE"] = "1"
@@ -319,21 +338,26 @@ class RenderPool:
     def _settle_failure(self, batch: _Batch, kind: str, message: str, now: float, queue, done) -> None:
         """A batch's worker died or missed a deadline: blame one job if we can, retry the rest.
 
-        While compiling, or drawing the first shader (llvmpipe JIT-compiles the whole batch then), the
-        culprit is unknown: every job goes back alone. Later, the shader being drawn is the culprit.
+        While compiling, or drawing the first group (llvmpipe JIT-compiles the whole batch then), the
+        culprit is unknown: every job goes back alone. Later, a group of one being drawn is the
+        culprit; the jobs of a bigger group go back alone, the jobs after it back to the queue.
         """
-        pending = [batch.jobs[i] for i in batch.to_draw] if batch.phase == "draw" else list(batch.jobs)
-        pending = [job for job in pending if job.key not in done]
+        order = batch.to_draw if batch.phase == "draw" else range(len(batch.jobs))
+        pending = [i for i in order if batch.jobs[i].key not in done]
         if not pending:
             return
         if len(batch.jobs) > 1 and (batch.phase == "compile" or batch.drawn == 0):
-            for job in pending:
-                job.alone = True
-            queue.extend(reversed(pending))
-            return
-        culprit, rest = pending[0], pending[1:]
-        done[culprit.key] = RenderResult(kind, message, None, now - batch.started)
-        queue.extend(reversed(rest))
+            suspects = pending
+        else:
+            group = batch.groups[batch.group] if batch.phase == "draw" else pending
+            suspects = [i for i in pending if i in group] or pending[:1]
+            if len(group) == 1:
+                culprit = batch.jobs[suspects[0]]
+                done[culprit.key] = RenderResult(kind, message, None, now - batch.started)
+                suspects = []
+        for i in suspects:
+            batch.jobs[i].alone = True
+        queue.extend(reversed([batch.jobs[i] for i in pending if batch.jobs[i].key not in done]))
 
     def _run(self, jobs: list[_Job]) -> dict[tuple[str, int, float], RenderResult]:
         running: dict[int, tuple[_Worker, _Batch]] = {}  # keyed by the fd of conn_in
@@ -393,8 +417,11 @@ class RenderPool:
                     batch.deadline = self._compile_deadline(w, len(batch.jobs), now)
                 elif tag == "compiled":
                     batch.phase = "draw"
-                    drawn_already = {j.key for j in batch.jobs if j.key in done}
-                    batch.to_draw = [i for i, j in enumerate(batch.jobs) if j.key not in drawn_already]
+                    _, batch.groups, programs = msg
+                    self.stats.programs += programs
+                    batch.to_draw = [
+                        i for group in batch.groups for i in group if batch.jobs[i].key not in done
+                    ]
                     # The first draw carries llvmpipe's JIT compilation of the whole program.
                     batch.deadline = now + self.draw_timeout + self.compile_timeout
                     if not batch.to_draw:  # nothing compiled
@@ -414,9 +441,13 @@ class RenderPool:
                     if batch.phase == "draw":
                         batch.to_draw.remove(i)
                         batch.drawn += 1
-                        batch.deadline = now + self.draw_timeout
                         w.renders += 1
                         self.stats.renders += 1
+                        while batch.group < len(batch.groups) and not any(
+                            j in batch.to_draw for j in batch.groups[batch.group]
+                        ):
+                            batch.group += 1  # a group drawn: the next one has a deadline of its own
+                            batch.deadline = now + self.draw_timeout
                         if not batch.to_draw:
                             del running[fd]
                             self._release(w)

@@ -6,12 +6,15 @@ Run as ``python -m earthshader.render.worker READ_FD WRITE_FD``. Messages are pi
 - parent -> worker: ``(bodies, size, time)``, a batch of prepared ``mainImage`` bodies
   (:func:`earthshader.glsl.prepare`), or ``None`` to exit;
 - worker -> parent: ``("ready", renderer)`` once; per batch, first ``("done", i, "compile_error",
-  message, None)`` for each body that does not compile, then ``("compiled", n)``, then one
-  ``("done", i, kind, message, rgb_bytes_or_None)`` per compiled body, drawn in order.
+  message, None)`` for each body that does not compile, then ``("compiled", groups, programs)``
+  (the indices of the bodies each draw renders, in drawing order; the number of GL programs they
+  come from), then one ``("done", i, kind, message, rgb_bytes_or_None)`` per compiled body, in
+  that order.
 
 A batch compiles into one program (:func:`earthshader.glsl.combine`) so that llvmpipe JIT-compiles
-once for all of it. When that fails, each body is compiled alone to find the culprits (and to
-report errors in the user's own line numbers), then the rest are combined again.
+once for all of it, and one draw of it renders up to eight bodies, one a colour attachment. When
+that fails, each body is compiled alone to find the culprits (and to report errors in the user's
+own line numbers), then the rest are combined again.
 
 Untrusted shaders may hang or crash this process; the parent enforces deadlines and restarts it.
 """
@@ -48,7 +51,7 @@ class _Renderer:
     def __init__(self):
         import moderngl
 
-        from earthshader.glsl import HEADER, VERTEX_SHADER
+        from earthshader.glsl import HEADER, MAX_OUTPUTS, VERTEX_SHADER
 
         self.gl = moderngl
         kwargs = {"standalone": True, "backend": "egl"}
@@ -62,19 +65,30 @@ class _Renderer:
         self.ctx.blend_func = moderngl.ONE, moderngl.ZERO
         self.vertex_shader = VERTEX_SHADER
         self.header = HEADER
+        self.dedupe = os.environ.get("EARTHSHADER_RENDER_DEDUPE", "1") != "0"
+        # Bodies one draw renders (one colour attachment each); EARTHSHADER_RENDER_OUTPUTS=1 draws
+        # them one by one.
+        outputs = int(os.environ.get("EARTHSHADER_RENDER_OUTPUTS", MAX_OUTPUTS))
+        self.max_outputs = max(1, min(outputs, MAX_OUTPUTS, int(self.ctx.info.get("GL_MAX_DRAW_BUFFERS", 1))))
         self.framebuffers = {}
 
     def program(self, source: str):
         return self.ctx.program(vertex_shader=self.vertex_shader, fragment_shader=source)
 
-    def compile_batch(self, bodies: list[str], send) -> list[tuple[int, object]]:
-        """Programs to draw, as (index, (program, which)); compile errors are sent as found."""
-        from earthshader.glsl import combine, wrap_prepared
+    def outputs(self, size: int) -> int:
+        """Colour attachments of a combined program's framebuffer: as many as allowed up to 64 MiB."""
+        return max(1, min(self.max_outputs, (64 << 20) // (size * size * 16)))
+
+    def compile_batch(self, bodies: list[str], size: int, send) -> list[tuple[object, int | None, list[int]]]:
+        """Draws to make, as (program, which, indices of the bodies it renders); compile errors are
+        sent as found."""
+        from earthshader.glsl import combine, draw_groups, wrap_prepared
 
         if len(bodies) > 1:
+            groups = draw_groups(bodies, self.outputs(size))
             try:
-                program = self.program(combine(bodies))
-                return [(i, (program, i)) for i in range(len(bodies))]
+                program = self.program(combine(bodies, self.dedupe, groups))
+                return [(program, g, group) for g, group in enumerate(groups)]
             except self.gl.Error:
                 pass
         good = []
@@ -86,23 +100,28 @@ class _Renderer:
         if len(good) > 1:
             for _, program in good:
                 program.release()
+            rest = [bodies[i] for i, _ in good]
+            groups = draw_groups(rest, self.outputs(size))
             try:
-                program = self.program(combine([bodies[i] for i, _ in good]))
-                return [(i, (program, k)) for k, (i, _) in enumerate(good)]
+                program = self.program(combine(rest, self.dedupe, groups))
+                return [(program, g, [good[k][0] for k in group]) for g, group in enumerate(groups)]
             except self.gl.Error:  # names clash after all: draw each from its own program
                 good = [(i, self.program(wrap_prepared(bodies[i]))) for i, _ in good]
-        return [(i, (program, None)) for i, program in good]
+        return [(program, None, [i]) for i, program in good]
 
-    def draw(self, program, which: int | None, size: int, t: float):
-        """Draw one shader; returns (kind, message, payload)."""
-        import numpy as np
-
-        from earthshader.glsl import MAX_LOOP_ITERATIONS
-
-        fbo = self.framebuffers.get(size)
+    def _framebuffer(self, size: int, outputs: int):
+        # One framebuffer for every draw of a program: llvmpipe JIT-compiles a program again for
+        # each new set of colour attachments.
+        fbo = self.framebuffers.get((size, outputs))
         if fbo is None:
-            fbo = self.ctx.framebuffer(color_attachments=[self.ctx.renderbuffer((size, size), 4, dtype="f4")])
-            self.framebuffers[size] = fbo
+            buffers = [self.ctx.renderbuffer((size, size), 4, dtype="f4") for _ in range(outputs)]
+            fbo = self.framebuffers[size, outputs] = self.ctx.framebuffer(color_attachments=buffers)
+        return fbo
+
+    def draw(self, program, which: int | None, count: int, size: int, t: float):
+        """Draw ``count`` bodies of a program at once (``which`` picks them in a combined program,
+        None for a single one); yields (kind, message, payload) for each, in order."""
+        fbo = self._framebuffer(size, 1 if which is None else self.outputs(size))
         uniforms = {
             "iResolution": (float(size), float(size), 1.0),
             "iTime": float(t),
@@ -121,26 +140,42 @@ class _Renderer:
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 1.0)
         vao.render(self.gl.TRIANGLES, vertices=3)
-        raw = fbo.read(components=4, dtype="f4")
         vao.release()
+        for j in range(count):
+            yield check_pixels(fbo.read(components=4, dtype="f4", attachment=j), size)
 
-        rgba = np.frombuffer(raw, dtype=np.float32).reshape(size, size, 4)
-        rgb = rgba[..., :3]
-        over_budget = int((rgba[..., 3] > MAX_LOOP_ITERATIONS + 1.5).sum())
-        if over_budget:
-            msg = f"loop ran past {MAX_LOOP_ITERATIONS} iterations in {over_budget} of {size * size} pixels"
-            return "timeout", msg, None
-        finite = np.isfinite(rgb)
-        if not finite.all():
-            bad = int((~finite.all(axis=2)).sum())
+
+def check_pixels(raw: bytes, size: int) -> tuple[str, str, bytes | None]:
+    """(kind, message, payload) for one drawn RGBA float image: its loop budget, finiteness, pixels.
+
+    The payload is the image as a display (and a PNG) would show it, so a saved image is the
+    render, bit for bit: RGB, top row first, each channel ``rint(clip(c, 0, 1) * 255)``.
+    """
+    import numpy as np
+
+    from earthshader.glsl import MAX_LOOP_ITERATIONS
+
+    rgba = np.frombuffer(raw, dtype=np.float32).reshape(size, size, 4)
+    alpha = rgba[..., 3]  # 1 + the pixel's loop iterations, always finite
+    if alpha.max() > MAX_LOOP_ITERATIONS + 1.5:
+        over_budget = int((alpha > MAX_LOOP_ITERATIONS + 1.5).sum())
+        msg = f"loop ran past {MAX_LOOP_ITERATIONS} iterations in {over_budget} of {size * size} pixels"
+        return "timeout", msg, None
+    if not np.isfinite(rgba).all():  # one pass over all four channels, then the precise count
+        bad = int((~np.isfinite(rgba[..., :3]).all(axis=2)).sum())
+        if bad:
             return (
                 "invalid_output",
                 f"non-finite output (NaN/Inf, or never written) in {bad} of {size * size} pixels",
                 None,
             )
-        # Quantise as a display (and a PNG) would, so a saved image is the render, bit for bit.
-        pixels = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)[::-1]
-        return "ok", "", np.ascontiguousarray(pixels).tobytes()
+    q = np.clip(rgba, np.float32(0.0), np.float32(1.0))
+    q *= np.float32(255.0)
+    # Adding 1.5 * 2**23 rounds a float in [0, 255] to the nearest integer, ties to even (as rint),
+    # and leaves that integer in the float's lowest byte: one pass instead of rint and a cast.
+    q += np.float32(12582912.0)
+    low = 0 if sys.byteorder == "little" else 3
+    return "ok", "", q.view(np.uint8).reshape(size, size, 16)[::-1, :, low:12:4].tobytes()
 
 
 def _serve(conn_in: Connection, conn_out: Connection) -> None:
@@ -151,12 +186,14 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
         if job is None:
             return
         bodies, size, t = job
-        todo = renderer.compile_batch(bodies, conn_out.send)
-        conn_out.send(("compiled", len(todo)))
-        programs = {id(program): program for _, (program, _) in todo}
-        for i, (program, which) in todo:
-            kind, message, payload = renderer.draw(program, which, size, t)
-            conn_out.send(("done", i, kind, message, payload))
+        draws = renderer.compile_batch(bodies, size, conn_out.send)
+        programs = {id(program): program for program, _, _ in draws}
+        conn_out.send(("compiled", [indices for _, _, indices in draws], len(programs)))
+        for program, which, indices in draws:
+            for i, (kind, message, payload) in zip(
+                indices, renderer.draw(program, which, len(indices), size, t), strict=True
+            ):
+                conn_out.send(("done", i, kind, message, payload))
         for program in programs.values():
             program.release()
 

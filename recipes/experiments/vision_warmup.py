@@ -1,0 +1,49 @@
+"""Experiment helper (issue 7): the dense vision warmup alone, saved as a model folder to start SFT from.
+
+    OMP_NUM_THREADS=2 .venv/bin/python recipes/experiments/vision_warmup.py /tmp/l7/data/s1q5 \
+        /tmp/l7/warm1000 --steps 1000
+
+Builds the tiny model, runs ``earthshader.vision_warmup.warmup_vision`` on the dataset's train split
+and saves model and processor to OUT. Prints the seconds taken and the loss every tenth of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from datasets import load_from_disk
+
+from earthshader.models import EarthShaderModelConfig, load_model_and_processor
+from earthshader.vision_warmup import warmup_vision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("out")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args()
+    model, processor = load_model_and_processor(EarthShaderModelConfig())
+    start = time.perf_counter()
+    losses = warmup_vision(
+        model,
+        processor.image_processor,
+        load_from_disk(args.data)["train"],
+        args.steps,
+        args.lr,
+        progress=False,
+    )
+    every = max(1, args.steps // 10)
+    print(
+        f"{time.perf_counter() - start:.0f} s; loss",
+        [round(v, 3) for v in losses[::every]],
+        round(losses[-1], 3),
+    )
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+
+
+if __name__ == "__main__":
+    main()

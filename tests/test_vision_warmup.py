@@ -1,0 +1,89 @@
+"""The dense vision warmup: its per-token targets, and real steps on the tiny model's tower."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from earthshader import models  # noqa: E402
+from earthshader.errors import UsageError  # noqa: E402
+from earthshader.scenes import Annulus, Box, Circle, Op, Scene, scene_to_json  # noqa: E402
+from earthshader.vision_warmup import TYPES, token_targets, warmup_vision  # noqa: E402
+
+
+def test_token_targets_mark_the_covering_shape_of_each_token():
+    # 4 x 4 tokens over [-1, 1]^2: each covers 0.5 x 0.5 uv. A circle inside the top-right token.
+    scene = Scene(shapes=(Circle(0.75, 0.75, 0.2),), ops=())
+    t = token_targets(scene, 4, 4)
+    assert t.types.shape == (16,) and t.params.shape == (16, 4) and t.coverage.shape == (16,)
+    assert TYPES[t.types[3]] == "circle" and (np.delete(t.types, 3) == 0).all()  # row 0 is the top
+    assert t.params[3] == pytest.approx([0.75, 0.75, 0.2, 0.0])
+    assert (np.delete(t.params, 3, axis=0) == 0).all()
+    assert t.coverage[3] == pytest.approx(np.pi * 0.2**2 / 0.25, abs=0.05)
+
+
+def test_token_targets_split_tokens_between_shapes_and_follow_the_union():
+    scene = Scene(shapes=(Box(-0.5, -0.5, 0.45, 0.45), Annulus(0.5, 0.5, 0.3, 0.05)), ops=(Op("union"),))
+    t = token_targets(scene, 4, 4)
+    names = [TYPES[i] for i in t.types]
+    # the box covers most of the bottom-left 2 x 2 tokens
+    assert [names[i] for i in (8, 9, 12, 13)] == ["box"] * 4
+    assert t.params[12] == pytest.approx([-0.5, -0.5, 0.45, 0.45])
+    assert t.coverage[9] == pytest.approx(0.9 * 0.9, abs=0.1)  # it spans -0.95..-0.05 of -1..0
+    # the ring's hole at (0.5, 0.5) is a corner shared by 4 tokens; all four touch the ring
+    assert [names[i] for i in (2, 3, 6, 7)] == ["annulus"] * 4
+    assert t.params[2] == pytest.approx([0.5, 0.5, 0.3, 0.05])
+    assert 0.05 < t.coverage[2] < 0.6
+    assert names[0] == "none" and t.coverage[0] == 0.0
+
+
+@pytest.fixture(scope="module")
+def scene_dataset():
+    """Images drawn by PIL from real scenes (circles and squares), with their scene JSON."""
+    from datasets import Dataset
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "scene": []}
+    for i in range(24):
+        x, y, r = (round(float(v), 2) for v in (*rng.uniform(-0.5, 0.5, 2), rng.uniform(0.15, 0.4)))
+        shape = Circle(x, y, r) if i % 2 else Box(x, y, r, r)
+        image = Image.new("RGB", (112, 112))
+        cx, cy, rad = (x + 1) * 56, (1 - y) * 56, r * 56
+        box = [cx - rad, cy - rad, cx + rad, cy + rad]
+        (ImageDraw.Draw(image).ellipse if i % 2 else ImageDraw.Draw(image).rectangle)(box, fill="white")
+        rows["image"].append(image)
+        rows["scene"].append(scene_to_json(Scene(shapes=(shape,), ops=())))
+    return Dataset.from_dict(rows)
+
+
+def test_warmup_trains_only_the_vision_tower_and_its_loss_falls(tmp_path, scene_dataset):
+    path = models.build_tiny_model(tmp_path / "tiny")
+    model, processor = models.load_model_and_processor(
+        models.EarthShaderModelConfig(model_name_or_path=str(path))
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    losses = warmup_vision(
+        model, processor.image_processor, scene_dataset, steps=30, batch_size=8, progress=False
+    )
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("model.visual.") for name in changed)
+    assert any(".merger." in name for name in changed) and any(".patch_embed." in name for name in changed)
+
+
+def test_warmup_needs_scene_labels(tmp_path, scene_dataset):
+    path = models.build_tiny_model(tmp_path / "tiny")
+    model, processor = models.load_model_and_processor(
+        models.EarthShaderModelConfig(model_name_or_path=str(path))
+    )
+    with pytest.raises(UsageError, match="'scene' column"):
+        warmup_vision(model, processor.image_processor, scene_dataset.remove_columns("scene"), steps=2)
+    bad = scene_dataset.map(lambda row: {"scene": json.dumps({"op": "circle"})})
+    with pytest.raises(UsageError, match="not a scene"):
+        warmup_vision(model, processor.image_processor, bad, steps=2, progress=False)
