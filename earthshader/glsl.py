@@ -70,7 +70,9 @@ _MAIN_IMAGE_RE = re.compile(r"mainImage\s*\(")  # at a word start
 _MAIN_IMAGE_OUT_RE = re.compile(r"(mainImage\s*\(\s*)out\b")  # at a word start
 _MAIN_RE = re.compile(r"main\s*\(")  # after a word and white space: a user main()
 _LOOP_HEAD_RE = re.compile(r"(for|while)\s*\(")  # at a word start
-_TOKEN_RE = re.compile(r"\w+|\S")
+_MACRO_TOKEN_RE = re.compile(r"\w+|\S")
+# Brackets, and the words that would declare a shader output of the user's own at the top level.
+_OUTPUT_SCAN_RE = re.compile(r"[(){}]|\b(?:out|layout)\b")
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -97,7 +99,7 @@ def strip_comments(code: str) -> str:
 
 def _macro_expansion_size(code: str) -> int:
     """The largest number of tokens any ``#define`` expands to, following nested macros."""
-    bodies = {name: _TOKEN_RE.findall(body) for name, _, body in _DEFINE_RE.findall(code)}
+    bodies = {name: _MACRO_TOKEN_RE.findall(body) for name, _, body in _DEFINE_RE.findall(code)}
     sizes: dict[str, int] = {}
 
     def size(name: str, depth: int = 0) -> int:
@@ -115,6 +117,21 @@ def _macro_expansion_size(code: str) -> int:
         return total
 
     return max((size(n) for n in bodies), default=0)
+
+
+def _declares_output(code: str) -> bool:
+    """Whether ``code`` has ``out`` or ``layout`` outside every bracket: an output of its own, which
+    could take the place of the renderer's (and with it the NaN check and the loop budget)."""
+    depth = 0
+    for match in _OUTPUT_SCAN_RE.finditer(code):
+        token = match[0]
+        if token in "({":
+            depth += 1
+        elif token in ")}":
+            depth -= 1
+        elif depth == 0:
+            return True
+    return False
 
 
 def check_source(code: str) -> str | None:
@@ -140,6 +157,8 @@ def check_source(code: str) -> str | None:
         return "no mainImage function"
     if _user_main(bare):
         return "user-defined main() is not allowed (define mainImage instead)"
+    if _declares_output(bare):
+        return "a global out or layout declaration is not allowed (write fragColor in mainImage)"
     defines = len(_DEFINE_RE.findall(bare)) if "#" in bare else 0
     if defines > MAX_DEFINES:
         return f"more than {MAX_DEFINES} #defines ({defines})"

@@ -43,6 +43,30 @@ def test_check_source_rejects_comment_hidden_main_only_when_real():
     assert "no mainImage" in glsl.check_source("// mainImage(\nvoid f() {}")
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "layout(location = 0) out vec4 mine;\n",
+        "out vec4 mine;\n",
+        "layout(origin_upper_left) in vec4 gl_FragCoord;\n",
+    ],
+)
+def test_check_source_rejects_an_output_of_the_shaders_own(extra):
+    # it could take the renderer's output, and with it the NaN check and the loop budget
+    assert "global out or layout" in glsl.check_source(extra + VALID)
+
+
+def test_check_source_allows_out_parameters_on_any_line():
+    code = "void f(\n    out vec4 c,\n    inout float d) { c = vec4(d); }\n" + VALID
+    assert glsl.check_source(code) is None
+
+
+def test_check_source_counts_operators_in_define_expansion():
+    # 2 ** 16 copies of "x+": 131,072 tokens counting the operators, half of it without
+    ops = "#define A0 x+\n" + "".join(f"#define A{i} A{i - 1} A{i - 1}\n" for i in range(1, 17))
+    assert glsl._macro_expansion_size(ops) == 2**17
+
+
 def test_check_source_catches_define_expansion_bomb():
     bomb = "#define A0 x\n" + "".join(f"#define A{i} A{i - 1} A{i - 1}\n" for i in range(1, 30))
     assert "expansion" in glsl.check_source(bomb + VALID)
