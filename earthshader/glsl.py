@@ -34,22 +34,27 @@ uniform int iFrame;
 uniform float iFrameRate;
 uniform vec4 iMouse;
 uniform vec4 iDate;
-out vec4 es_FragColor;
 int es_iterations = 0;
 bool es_loop_guard() {{ es_iterations++; return es_iterations <= ES_MAX_ITERATIONS; }}
 """
 
+# The renderer reads location 0. Pinning the output there means an output the user's code declares
+# itself (which a macro can hide from check_source) fails to link at location 0, and anywhere else is
+# never read: it cannot take the place of this one, with its NaN check and loop budget.
+_OUTPUT = "layout(location = 0) out vec4 es_FragColor;\n"
+
 # The output starts as NaN so that a pixel mainImage never writes is caught as invalid output
 # instead of whatever the driver leaves in an uninitialised variable.
-FOOTER = """
-void main() {
-    vec4 es_color = vec4(uintBitsToFloat(0x7fc00000u));
+_NAN = "vec4(uintBitsToFloat(0x7fc00000u))"
+FOOTER = f"""
+void main() {{
+    vec4 es_color = {_NAN};
     es_color.a = 1.0;
     mainImage(es_color, gl_FragCoord.xy);
     // Alpha carries the pixel's loop iterations (1 + count): the renderer spots loops that ran past
     // the budget there.
     es_FragColor = vec4(es_color.rgb, 1.0 + float(es_iterations));
-}
+}}
 """
 
 # Vertex stage: one triangle that covers the viewport, no buffers needed.
@@ -87,7 +92,7 @@ def _user_main(code: str) -> bool:
         at = before = match.start()
         while before > 0 and code[before - 1].isspace():
             before -= 1
-        if before < at and before > 0 and (code[before - 1].isalnum() or code[before - 1] == "_"):
+        if before < at and not _word_starts(code, before):
             return True
     return False
 
@@ -229,7 +234,7 @@ def wrap(code: str) -> str:
 
 def wrap_prepared(body: str) -> str:
     """:func:`wrap` for code that has been through :func:`prepare` already."""
-    return f"{HEADER}#line 1\n{body}\n{FOOTER}"
+    return f"{HEADER}{_OUTPUT}#line 1\n{body}\n{FOOTER}"
 
 
 # Names that keep their meaning in every shader: GLSL keywords, types, built-in functions and
@@ -256,11 +261,11 @@ _SHARED_NAMES = frozenset(
 )
 # Numbers first, so that the "e5" of "1e5" or the "f" of "1.0f" is never read as a name; a name
 # after a dot (a field or a swizzle) is matched with its dot, so it can be left alone.
-_TOKEN_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*|[{}]")
-
-
+_WORD = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*"
+# Those tokens and braces, for tracking the top level.
+_TOKEN_RE = re.compile(_WORD + r"|[{}]")
 # The same tokens, captured, so that re.split keeps them: text, token, text, ..., text.
-_SPLIT_RE = re.compile(r"((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[uUfF]?|\.\s*[A-Za-z_]\w*|[A-Za-z_]\w*)")
+_SPLIT_RE = re.compile(f"({_WORD})")
 # What splits the top level into declarations and definitions.
 _STRUCTURE_RE = re.compile(r"[{};]")
 # Names the combined program introduces (es_which, es3_f, esS0_f): a shader's own use of one is
@@ -497,7 +502,7 @@ def combine(bodies: list[str], dedupe: bool = True, groups: list[list[int]] | No
         namespaced.append("\n")
 
     outputs = max(len(group) for group in groups)
-    parts = [HEADER.replace("out vec4 es_FragColor;\n", ""), "uniform int es_which;\n"]
+    parts = [HEADER, "uniform int es_which;\n"]
     parts += [f"layout(location = {j}) out vec4 es_out{j};\n" for j in range(outputs)]
     parts += [shared[fid] + "\n" for fid in sorted(shared)]  # ids grow with use: callees come first
     parts += namespaced
@@ -507,7 +512,7 @@ def combine(bodies: list[str], dedupe: bool = True, groups: list[list[int]] | No
         for j, k in enumerate(group):
             # As in FOOTER: NaN until written, and each body's own iteration count and budget.
             parts.append(
-                "        es_color = vec4(uintBitsToFloat(0x7fc00000u)); es_color.a = 1.0; es_iterations = 0;\n"
+                f"        es_color = {_NAN}; es_color.a = 1.0; es_iterations = 0;\n"
                 f"        es{k}_mainImage(es_color, gl_FragCoord.xy);\n"
                 f"        es_out{j} = vec4(es_color.rgb, 1.0 + float(es_iterations));\n"
             )

@@ -50,9 +50,9 @@ class TokenTargets:
 
 
 def _shape_params(shape) -> list[float]:
-    values = list(shape.params().values())  # x, y, then sizes (then an angle, for rotatable shapes)
-    sizes = [v for k, v in shape.params().items() if k not in ("x", "y", "a")][:2]
-    return [values[0], values[1], *sizes, *[0.0] * (2 - len(sizes))]
+    params = shape.params()  # x, y, then sizes (then an angle ``a``, for rotatable shapes)
+    sizes = [v for k, v in params.items() if k not in ("x", "y", "a")][:2]
+    return [params["x"], params["y"], *sizes, *[0.0] * (2 - len(sizes))]
 
 
 def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import TESTS, assert_images_close, load_png
 
+from earthshader import glsl
 from earthshader.render import RenderPool, RenderResult
 
 GOLDEN = TESTS / "golden"
@@ -46,6 +47,21 @@ def test_render_orientation_top_left_marker_lands_top_left(pool):
     img = pool.render(marker, size=64).image
     assert img[:16, :16].min() == 1.0  # top-left block white
     assert img[16:].max() == 0.0 and img[:, 16:].max() == 0.0
+
+
+@pytest.mark.parametrize("output", ["out vec4 mine;", "layout(location = 0) out vec4 mine;"])
+def test_an_output_hidden_from_check_source_never_replaces_the_renderers(pool, output):
+    # An unbalanced bracket in a macro hides the declaration from check_source's top-level scan.
+    code = (
+        f"#define OPEN (\n{output}\n"
+        "void mainImage(out vec4 c, in vec2 p) { mine = vec4(0.0, 0.0, 1.0, 1.0); c = vec4(1.0, 0.0, 0.0, 1.0); }\n"
+    )
+    assert glsl.check_source(code) is None
+    result = pool.render(code, size=8)
+    if output.startswith("layout"):
+        assert result.kind == "compile_error"  # location 0 is the renderer's
+    else:
+        assert result.ok and (result.image == [1.0, 0.0, 0.0]).all()  # the renderer's output, not "mine"
 
 
 def test_render_frag_coord_is_pixel_centre(pool):

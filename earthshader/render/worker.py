@@ -51,7 +51,7 @@ class _Renderer:
     def __init__(self):
         import moderngl
 
-        from earthshader.glsl import HEADER, MAX_OUTPUTS, VERTEX_SHADER
+        from earthshader.glsl import MAX_OUTPUTS, VERTEX_SHADER
 
         self.gl = moderngl
         kwargs = {"standalone": True, "backend": "egl"}
@@ -64,7 +64,6 @@ class _Renderer:
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = moderngl.ONE, moderngl.ZERO
         self.vertex_shader = VERTEX_SHADER
-        self.header = HEADER
         self.dedupe = os.environ.get("EARTHSHADER_RENDER_DEDUPE", "1") != "0"
         # Bodies one draw renders (one colour attachment each); EARTHSHADER_RENDER_OUTPUTS=1 draws
         # them one by one.
