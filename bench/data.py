@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import calibration_ms, cpu_times, steal_share  # noqa: E402
+
 from earthshader.data import FilterConfig, build_dataset, generate, png_bytes, scene_rejection, write_dataset  # noqa: E402
 from earthshader.render import RenderPool  # noqa: E402
 from earthshader.scenes import STAGES, completion_text, random_scene, scene_to_json, to_glsl  # noqa: E402
@@ -41,6 +43,8 @@ def main() -> None:
     meta = {"stage": args.stage, "num_samples": args.num_samples, "seed": args.seed, "size": args.size}
 
     # 1. End to end, as `earthshader data` runs it (pool start-up included).
+    calibration = [calibration_ms()]
+    before = cpu_times()
     start = time.perf_counter()
     with RenderPool(workers=args.workers) as pool:
         rows, summary = generate(
@@ -57,6 +61,8 @@ def main() -> None:
         write_dataset(dataset, Path(tmp) / "out", overwrite=False, meta=meta)
     seconds = time.perf_counter() - start
     save_seconds = time.perf_counter() - generated
+    stolen = steal_share(before, cpu_times())
+    calibration.append(calibration_ms())
 
     # 2. The renderer alone on the kept shaders: a fresh pool (no cache), warmed on other shaders.
     codes = [row["code"] for row in rows]
@@ -105,6 +111,8 @@ def main() -> None:
         "render_share": round(summary.render_seconds / seconds, 3),
         "target_seconds": 20.0 * args.num_samples / 2000,
         "rejected": dict(sorted(summary.rejected.items())),
+        "steal_in_run": stolen,  # the host's share of our CPUs during the end-to-end run
+        "calibration_ms": calibration,  # before and after it: machine/calibration_ms, lower is faster
     }
     print(summary.line())
     print(

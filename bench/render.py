@@ -10,12 +10,12 @@ cache is turned off, the pool's cache too).
 - naive: what a first script does: a new EGL context per shader in this process, Mesa's default
   llvmpipe (threads per core), one program, one draw, one readback.
 - pool: earthshader.render.RenderPool as shipped (workers = cores, llvmpipe with LLVM's
-  optimisation passes off, batches of 16 shaders a program, helper functions the shaders of a batch
-  share compiled once, eight shaders drawn at once).
+  optimisation passes off, batches of 32 shaders a program, 8 for shaders with loops, helper
+  functions the shaders of a batch share compiled once, eight shaders drawn at once).
 - variants, for the record: the pool with batches of 1; the pool on softpipe, one at a time; on
-  request (``--ways``), the pool without sharing the helper functions that shaders of a batch define
-  identically (``pool_nodedupe``), drawing a batch's shaders one a draw instead of eight
-  (``pool_outputs1``), or neither (``pool_neither``).
+  request (``--ways``), the batches of 16 of before (``pool_batch16``), the pool without sharing the
+  helper functions that shaders of a batch define identically (``pool_nodedupe``), drawing a
+  batch's shaders one a draw instead of eight (``pool_outputs1``), or neither (``pool_neither``).
 
 The last line is one JSON object: sdf_per_s, naive_sdf_per_s, heavy_per_s, naive_heavy_per_s, the
 speedups, the variants, and CPU milliseconds per shader (the pool's workers' and this process's
@@ -36,6 +36,7 @@ import time
 os.environ.setdefault("MESA_SHADER_CACHE_DISABLE", "true")
 
 import numpy as np  # noqa: E402
+from machine import calibration_ms, cpu_times, steal_share  # noqa: E402
 
 HEAVY_TEMPLATES = [
     # value-noise fbm
@@ -125,8 +126,9 @@ void mainImage(out vec4 fragColor, in vec2 fragCoord) {{
 WAYS = {
     "naive": {},
     "pool": {},
-    "pool_batch1": {"batch_size": 1},
-    "pool_softpipe": {"batch_size": 1, "mode": "softpipe"},
+    "pool_batch1": {"batch_size": 1, "loop_batch_size": 1},
+    "pool_batch16": {"batch_size": 16, "loop_batch_size": 16},  # the batches of before 2026-11-22
+    "pool_softpipe": {"batch_size": 1, "loop_batch_size": 1, "mode": "softpipe"},
     "pool_nodedupe": {"dedupe": False},
     "pool_outputs1": {"outputs": 1},
     "pool_neither": {"dedupe": False, "outputs": 1},
@@ -241,24 +243,31 @@ def main() -> None:
 
     rates: dict[str, list[float]] = {}
     cpu_ms_each: dict[str, list[float]] = {}
+    steal: list[float] = []
+    calibration = [calibration_ms()]
     for rep in range(args.reps):
         for set_name, sources in sets.items():
             runs = {"naive": lambda s=sources: naive_render_all(s, args.size)} if "naive" in ways else {}
             for pool_name, pool in pools.items():
                 runs[pool_name] = lambda s=sources, p=pool: pool_render_all(p, s, args.size)
             for run_name, run in runs.items():
+                before = cpu_times()
                 seconds, ok, cpu = run()
+                stolen = steal_share(before, cpu_times())
+                if stolen is not None:
+                    steal.append(stolen)
                 rate = len(sources) / seconds
                 cpu_ms = 1000 * cpu / len(sources)
                 rates.setdefault(f"{run_name}_{set_name}", []).append(rate)
                 cpu_ms_each.setdefault(f"{run_name}_{set_name}", []).append(cpu_ms)
                 print(
                     f"rep {rep} {set_name:5s} {run_name:13s} {rate:8.1f} shaders/s  {cpu_ms:7.1f} CPU ms/shader"
-                    f"  ({ok}/{len(sources)} ok)",
+                    f"  ({ok}/{len(sources)} ok)  steal {stolen if stolen is not None else 'n/a'}",
                     flush=True,
                 )
     for pool in pools.values():
         pool.close()
+    calibration.append(calibration_ms())
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     cpu = {k: statistics.median(v) for k, v in cpu_ms_each.items()}
@@ -281,10 +290,12 @@ def main() -> None:
     for s in ("sdf", "heavy"):
         put(f"cpu_ms_{s}", cpu, f"pool_{s}")
         put(f"naive_cpu_ms_{s}", cpu, f"naive_{s}")
-        for way in ("pool_nodedupe", "pool_outputs1", "pool_neither"):
+        for way in ("pool_batch16", "pool_nodedupe", "pool_outputs1", "pool_neither"):
             put(f"{way.removeprefix('pool_')}_cpu_ms_{s}", cpu, f"{way}_{s}")
     result |= {
         "load_avg_1min": round(os.getloadavg()[0], 2),
+        "steal_median": statistics.median(steal) if steal else None,  # the host's share of our CPUs
+        "calibration_ms": calibration,  # before and after: machine/calibration_ms, lower is faster
         "size": args.size,
         "reps": args.reps,
         "cores": os.cpu_count(),

@@ -431,12 +431,18 @@ MAX_OUTPUTS = 8
 def draw_groups(bodies: list[str], max_outputs: int = MAX_OUTPUTS) -> list[list[int]]:
     """Which bodies one draw of their combined program renders together, in drawing order.
 
-    A body that may ``discard`` (or paste tokens together, which could spell it) is drawn alone:
-    discarding a pixel drops every output of the draw. The rest go in order, ``max_outputs`` a draw.
+    Drawn alone:
+    - a body that may ``discard`` (or paste tokens together, which could spell it): discarding a
+      pixel drops every output of the draw;
+    - a body with loops: llvmpipe stops a shader invocation's loops after 65,535 iterations in all,
+      silently, so loops of bodies drawn together would cut each other short (four bodies of 19,000
+      iterations let a fifth run only 8,535 and pass the loop budget unseen).
+
+    The rest go in order, ``max_outputs`` a draw.
     """
     groups, run = [], []
     for k, body in enumerate(bodies):
-        if "discard" in body or "##" in body:
+        if "discard" in body or "##" in body or "es_loop_guard()" in body:
             groups.append([k])
             continue
         run.append(k)

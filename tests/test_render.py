@@ -95,8 +95,36 @@ def test_render_is_deterministic_across_pools_and_batches():
 @pytest.fixture(scope="module")
 def one_worker():
     """A pool whose render_many puts up to 16 sources into one batch (one program)."""
-    with RenderPool(workers=1, batch_size=16, cache_mb=0) as p:
+    with RenderPool(workers=1, batch_size=16, loop_batch_size=16, cache_mb=0) as p:
         yield p
+
+
+def test_loops_of_a_batch_do_not_cut_each_other_short():
+    """llvmpipe stops an invocation's loops after 65,535 iterations in all: loop bodies draw alone."""
+    long = "void mainImage(out vec4 c, in vec2 p) {{ float x = 0.0; for (int i = 0; i < 19000; i++) x += 1e-5; c = vec4(vec3(x / 0.19), 1.0); }} // {k}"
+    over = "void mainImage(out vec4 c, in vec2 p) { float x = 0.0; for (int i = 0; i < 30000; i++) x += 1e-9; c = vec4(x); }"
+    srcs = [long.format(k=k) for k in range(4)] + [over]
+    with RenderPool(workers=1, batch_size=8, loop_batch_size=8, cache_mb=0) as p:
+        results = p.render_many(srcs, size=8)
+        assert p.stats.programs == 1
+    assert [r.kind for r in results] == ["ok"] * 4 + ["timeout"]
+    for r in results[:4]:
+        assert np.allclose(r.image, 1.0, atol=0.02)
+
+
+def test_shaders_with_loops_are_batched_apart_in_smaller_batches():
+    flat = "void mainImage(out vec4 c, in vec2 p) {{ c = vec4(vec3({k}.0 / 16.0), 1.0); }}"
+    loop = (
+        "void mainImage(out vec4 c, in vec2 p) {{ float v = 0.0;"
+        " for (int i = 0; i < 4; i++) v += {k}.0; c = vec4(vec3(v / 64.0), 1.0); }}"
+    )
+    srcs = [(flat if k % 2 else loop).format(k=k) for k in range(16)]  # interleaved
+    with RenderPool(workers=1, batch_size=32, loop_batch_size=4, cache_mb=0) as p:
+        results = p.render_many(srcs, size=8)
+        assert p.stats.programs == 1 + 2  # 8 without loops in one program, 8 with loops in two
+    for k, r in enumerate(results):
+        assert r.ok, (k, r)
+        assert np.allclose(r.image, round(k / 16 * 255) / 255), k
 
 
 def _batch_matches_alone(batched: RenderPool, alone: RenderPool, srcs: list[str], size: int = 64):
@@ -169,22 +197,20 @@ def test_render_batch_with_program_names_in_user_code_fails_as_alone(pool, one_w
     assert results[1].ok
 
 
-SLOW = (
-    "void mainImage(out vec4 c, in vec2 p) {{ float x = 0.0; for (int i = 0; i < 15000; i++) "
-    "{{ x += sin(x + p.x * float(i)) * cos(x - p.y); }} c = vec4(vec3(fract(x)), 1.0); }} // {tag}"
-)
+def _slow_draw(tag: str) -> str:
+    """Loop-free (loops are drawn alone) and slow to draw at 512 x 512: 60 lines of sin and cos."""
+    lines = "".join(f"    x = sin(x * 1.01 + p.x * {k % 7 + 1}.0) * cos(x - p.y);\n" for k in range(60))
+    return f"void mainImage(out vec4 c, in vec2 p) {{\n    float x = 0.0;\n{lines}    c = vec4(vec3(fract(x)), 1.0);\n}} // {tag}"
 
 
 def test_render_group_past_its_deadline_is_retried_one_by_one(pool):
-    """Four slow shaders drawn together miss the draw deadline that each alone meets."""
-    srcs = [HALF.format(tag=f"group{i}") for i in range(8)]
-    srcs += [SLOW.format(tag=f"group{i}") for i in range(4)]
-    srcs += [HALF.format(tag=f"group{i}") for i in range(8, 12)]
-    with RenderPool(workers=1, batch_size=16, cache_mb=0, draw_timeout=0.4) as batched:
-        results = batched.render_many(srcs, size=64)
+    """Eight slow shaders drawn together miss the draw deadline that each alone meets."""
+    srcs = [HALF.format(tag=f"group{i}") for i in range(8)] + [_slow_draw(f"group{i}") for i in range(8)]
+    with RenderPool(workers=1, batch_size=16, cache_mb=0, draw_timeout=0.25) as batched:
+        results = batched.render_many(srcs, size=512)
         assert batched.stats.killed >= 1
     for src, result in zip(srcs, results, strict=True):
-        alone = pool.render(src, size=64)
+        alone = pool.render(src, size=512)
         assert result.ok and alone.ok, (result, alone)
         assert np.array_equal(result.image, alone.image)
 

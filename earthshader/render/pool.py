@@ -95,6 +95,7 @@ class _Job:
     body: str  # prepared mainImage code (earthshader.glsl.prepare)
     driver: str
     alone: bool = False  # after a batch failed as a whole, retry in a batch of its own
+    loops: bool = False  # has loops (prepare() guards them): batched in smaller batches
 
 
 @dataclass
@@ -127,6 +128,9 @@ class RenderPool:
         start_timeout: seconds a new worker may take to create its GL context.
         batch_size: most shaders compiled into one program. llvmpipe's JIT has a large fixed cost
             per program, so batches multiply its throughput; a failing batch is retried one by one.
+        loop_batch_size: most shaders with loops compiled into one program. Such shaders spend their
+            time drawing rather than compiling, vary widely in cost, and lose to smaller batches
+            (bench/RESULTS.md); they are batched only with each other.
         dedupe: in a batch's program, compile once the helper functions that several shaders define
             identically (:func:`earthshader.glsl.combine`). None: on unless the environment sets
             ``EARTHSHADER_RENDER_DEDUPE=0``.
@@ -144,7 +148,8 @@ class RenderPool:
         cache_mb: int = 256,
         mode: str | None = None,
         start_timeout: float = 60.0,
-        batch_size: int = 16,
+        batch_size: int = 32,
+        loop_batch_size: int = 8,
         dedupe: bool | None = None,
         outputs: int = MAX_OUTPUTS,
     ):
@@ -157,6 +162,7 @@ class RenderPool:
         self.mode = mode or detect_mode()
         self.start_timeout = start_timeout
         self.batch_size = batch_size
+        self.loop_batch_size = loop_batch_size
         if dedupe is None:
             dedupe = os.environ.get("EARTHSHADER_RENDER_DEDUPE", "1") != "0"
         self.dedupe = dedupe
@@ -202,7 +208,8 @@ class RenderPool:
                     self.stats.rejected += 1
                     results[key] = self._remember(key, RenderResult("rejected", reason, None, 0.0))
                     continue
-                jobs[key] = _Job(key, prepare(source), self._driver_for(source))
+                body = prepare(source)
+                jobs[key] = _Job(key, body, self._driver_for(source), loops="es_loop_guard()" in body)
             if jobs:
                 for key, result in self._run(list(jobs.values())).items():
                     results[key] = self._remember(key, result)
@@ -313,17 +320,20 @@ class RenderPool:
             self._idle.setdefault(w.driver, []).append(w)
 
     def _next_batch(self, queue: list[_Job]) -> list[_Job]:
-        """Take the next jobs to send together: same driver, at most ``batch_size``, spread evenly."""
+        """Take the next jobs to send together: same driver, with or without loops alike, at most
+        ``batch_size`` (``loop_batch_size`` with loops), spread evenly."""
         first = queue.pop()
-        if first.alone or self.batch_size <= 1:
+        size = self.loop_batch_size if first.loops else self.batch_size
+        if first.alone or size <= 1:
             return [first]
         share = -(-(len(queue) + 1) // self.workers)  # ceil: keep every worker busy
-        limit = max(1, min(self.batch_size, share))
+        limit = max(1, min(size, share))
         batch = [first]
         for i in range(len(queue) - 1, -1, -1):
             if len(batch) >= limit:
                 break
-            if queue[i].driver == first.driver and not queue[i].alone:
+            job = queue[i]
+            if job.driver == first.driver and job.loops == first.loops and not job.alone:
                 batch.append(queue.pop(i))
         return batch
 
