@@ -654,10 +654,18 @@ def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing
             # checkpointed blocks need an input that requires grad, or the adapters get none
             model.enable_input_require_grads()
     elif not cfg.train_vision_tower:
-        for pname, param in model.named_parameters():
-            if ".visual." in f".{pname}" or pname.startswith("visual."):
-                param.requires_grad_(False)
+        freeze_vision_tower(model)
     return model, processor
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop training the vision tower and its merger (a PEFT model too); returns the tensors frozen."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if (".visual." in f".{name}" or name.startswith("visual.")) and param.requires_grad:
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 # --------------------------------------------------------------------------------------------------

@@ -84,6 +84,13 @@ class EarthShaderSFTConfig(SFTConfig):
         default=1e-3, metadata={"help": "Learning rate of the vision warmup (linear decay to 0)."}
     )
     vision_warmup_batch_size: int = field(default=32, metadata={"help": "Images per vision warmup step."})
+    vision_freeze_after_warmup: bool = field(
+        default=False,
+        metadata={
+            "help": "After the vision warmup, freeze the vision tower for SFT: trained on, the tower loses "
+            "much of where things are that the warmup taught it (bench/LEARNING.md, onetok_frozen)."
+        },
+    )
     # TRL turns these on by default; here they follow the machine (bf16 where the GPU has it) and the recipe.
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
@@ -476,6 +483,11 @@ def run_sft(
         )
         if trainer.is_world_process_zero():
             (out / "vision_warmup.json").write_text(json.dumps({"loss": losses}))
+    if training_args.vision_warmup_steps > 0 and training_args.vision_freeze_after_warmup:
+        # before train() builds its optimizer, on a resumed run too, so that its state matches
+        from earthshader.models import freeze_vision_tower
+
+        logger.info("vision tower frozen after the warmup (%d tensors)", freeze_vision_tower(trainer.model))
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():

@@ -201,8 +201,8 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     out = tmp_path / "run"
     cmd, env = _run_sft(
         tiny_path, dataset, out, "--max_steps", "20", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--save_steps", "100", "--learning_rate", "2e-3", "--warmup_steps", "2", "--vision_warmup_steps", "4",
-        "--vision_warmup_batch_size", "4",
+        "--save_steps", "10", "--learning_rate", "2e-3", "--warmup_steps", "2", "--vision_warmup_steps", "4",
+        "--vision_warmup_batch_size", "4", "--vision_freeze_after_warmup", "true",
     )  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -222,6 +222,13 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     # the dense vision warmup ran first, on the dataset's scenes
     warmup = json.loads((out / "vision_warmup.json").read_text())["loss"]
     assert len(warmup) == 4 and all(v > 0 for v in warmup)
+    # and the tower it trained stayed as it was through SFT, while the language model moved on
+    from safetensors.torch import load_file
+
+    middle, final = load_file(out / "checkpoint-10" / "model.safetensors"), load_file(out / "model.safetensors")
+    tower = [k for k in final if ".visual." in f".{k}"]
+    assert tower and all(torch.equal(middle[k], final[k]) for k in tower)
+    assert any(not torch.equal(middle[k], final[k]) for k in final if k not in tower)
 
 
 def test_sft_resumes_after_sigkill_at_the_last_complete_checkpoint(tiny_path, dataset, tmp_path):
