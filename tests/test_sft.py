@@ -225,7 +225,10 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     # and the tower it trained stayed as it was through SFT, while the language model moved on
     from safetensors.torch import load_file
 
-    middle, final = load_file(out / "checkpoint-10" / "model.safetensors"), load_file(out / "model.safetensors")
+    middle, final = (
+        load_file(out / "checkpoint-10" / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
     tower = [k for k in final if ".visual." in f".{k}"]
     assert tower and all(torch.equal(middle[k], final[k]) for k in tower)
     assert any(not torch.equal(middle[k], final[k]) for k in final if k not in tower)
