@@ -21,9 +21,8 @@ def steal_share(before: list[int], after: list[int]) -> float | None:
     """Share of all CPU time between two :func:`cpu_times` readings that the host stole; None if unknown."""
     if len(before) < 8 or len(after) < 8:
         return None
-    delta = [
-        b - a for a, b in zip(before[:8], after[:8], strict=True)
-    ]  # guest time is counted in user already
+    # the first eight fields: guest time is counted in user already
+    delta = [b - a for a, b in zip(before[:8], after[:8], strict=True)]
     total = sum(delta)
     return round(delta[7] / total, 3) if total > 0 else None
 

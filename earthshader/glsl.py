@@ -184,6 +184,11 @@ def _matching_paren(code: str, open_at: int) -> int:
     return -1
 
 
+def has_loops(body: str) -> bool:
+    """Whether a prepared body (:func:`prepare`) has a loop: :func:`guard_loops` marked every one."""
+    return "es_loop_guard()" in body
+
+
 def guard_loops(code: str) -> str:
     """Add the per-pixel iteration budget to every ``for`` and ``while`` (do-while too) condition.
 
@@ -442,7 +447,7 @@ def draw_groups(bodies: list[str], max_outputs: int = MAX_OUTPUTS) -> list[list[
     """
     groups, run = [], []
     for k, body in enumerate(bodies):
-        if "discard" in body or "##" in body or "es_loop_guard()" in body:
+        if "discard" in body or "##" in body or has_loops(body):
             groups.append([k])
             continue
         run.append(k)

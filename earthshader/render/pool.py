@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from earthshader.glsl import MAX_OUTPUTS, check_source, prepare
+from earthshader.glsl import MAX_OUTPUTS, check_source, has_loops, prepare
 from earthshader.render.result import RenderResult
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class RenderPool:
                     results[key] = self._remember(key, RenderResult("rejected", reason, None, 0.0))
                     continue
                 body = prepare(source)
-                jobs[key] = _Job(key, body, self._driver_for(source), loops="es_loop_guard()" in body)
+                jobs[key] = _Job(key, body, self._driver_for(source), loops=has_loops(body))
             if jobs:
                 for key, result in self._run(list(jobs.values())).items():
                     results[key] = self._remember(key, result)
