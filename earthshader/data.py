@@ -32,14 +32,14 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from earthshader.errors import ArgumentParser, UsageError
-from earthshader.scenes import PRINTERS, STAGES, Scene, format_completion, pixel_grid
+from earthshader.scenes import PRINTERS, STAGES, Scene, Stage, format_completion, pixel_grid
 
 logger = logging.getLogger(__name__)
 
@@ -198,13 +198,13 @@ class _Candidate:
 
 
 def _candidates(
-    stage: int, seed: int, start: int, stop: int, seen: set, config: FilterConfig
+    spec: Stage, seed: int, start: int, stop: int, seen: set, config: FilterConfig
 ) -> list[_Candidate]:
     """Candidates ``start..stop-1``: drawn, deduplicated (against every earlier index) and checked in NumPy."""
-    printer = PRINTERS[STAGES[stage].printer]
+    printer = PRINTERS[spec.printer]
     out = []
     for index in range(start, stop):
-        scene = printer.sample(STAGES[stage], np.random.default_rng([seed, index]))
+        scene = printer.sample(spec, np.random.default_rng([seed, index]))
         if scene in seen:
             out.append(_Candidate(index, scene, "duplicate"))
             continue
@@ -234,6 +234,40 @@ def _shared_render_many(codes: list[str], size: int) -> list:
     return render_many(codes, size=size)
 
 
+def stage_variant(stage: int, grid: float | None = None, max_shapes: int | None = None) -> Stage:
+    """Stage ``stage`` as drawn by the data factory, with a coarser grid or fewer shapes if asked.
+
+    ``grid`` is the spacing of every sampled value in uv units (0.05: centres and sizes are multiples
+    of 0.05); it must be a positive multiple of the stage's last printed decimal. ``max_shapes`` caps
+    the shape count (1: single shapes, the first step of the tiny model's curriculum).
+
+    >>> stage_variant(1, grid=0.05, max_shapes=1).step, stage_variant(1, max_shapes=1).max_shapes
+    (5, 1)
+    """
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage} (known: {', '.join(map(str, sorted(STAGES)))})")
+    spec = STAGES[stage]
+    changes: dict[str, Any] = {}
+    if grid is not None:
+        unit = 10.0**-spec.precision
+        step = round(grid / unit)
+        if not grid > 0 or step < 1 or abs(step * unit - grid) > 1e-9:
+            raise UsageError(
+                f"--grid must be a positive multiple of {unit:g} for stage {stage}, not {grid:g}"
+            )
+        changes["step"] = step
+    if max_shapes is not None:
+        if not 1 <= max_shapes <= spec.max_shapes:
+            raise UsageError(
+                f"--max-shapes must be in 1..{spec.max_shapes} for stage {stage}, not {max_shapes}"
+            )
+        changes["max_shapes"] = max_shapes
+        changes["min_shapes"] = min(spec.min_shapes, max_shapes)
+        if spec.count_weights is not None:
+            changes["count_weights"] = spec.count_weights[: max_shapes - changes["min_shapes"] + 1]
+    return replace(spec, **changes) if changes else spec
+
+
 def generate(
     stage: int,
     num_samples: int,
@@ -244,6 +278,8 @@ def generate(
     max_batch: int = 256,
     progress: bool = True,
     overlap: bool = True,
+    grid: float | None = None,
+    max_shapes: int | None = None,
 ) -> tuple[list[dict[str, Any]], Summary]:
     """The first ``num_samples`` candidates of a stage (in index order) that pass the filter, as rows.
 
@@ -262,6 +298,7 @@ def generate(
             in bench/data.py (fewer calls, so fewer tails where one render worker waits for the other).
         progress: show a tqdm bar.
         overlap: draw the next batch while the current one renders.
+        grid, max_shapes: the stage with a coarser grid or fewer shapes (:func:`stage_variant`).
 
     Returns:
         The rows and a :class:`Summary`; rejections are counted up to the last kept candidate only, so
@@ -271,8 +308,7 @@ def generate(
 
     from tqdm.auto import tqdm
 
-    if stage not in STAGES:
-        raise UsageError(f"unknown stage {stage} (known: {', '.join(map(str, sorted(STAGES)))})")
+    spec = stage_variant(stage, grid=grid, max_shapes=max_shapes)
     summary = Summary()
     render = _timed(render_many or _shared_render_many, size, summary)
     max_candidates = 50 * num_samples + 1000  # a stage whose filter rejects nearly everything must stop
@@ -291,7 +327,7 @@ def generate(
             )
         needed = max(num_samples - expected_rows, 1.0)
         batch = min(max_batch, max(8, math.ceil(1.1 * needed / max(accept_rate, 0.05))))
-        out = _candidates(stage, seed, next_index, next_index + batch, seen, config)
+        out = _candidates(spec, seed, next_index, next_index + batch, seen, config)
         next_index += batch
         return out
 
@@ -328,7 +364,7 @@ def generate(
                 if c.reason is not None:
                     rejected.append((c.index, c.reason))
                     continue
-                rows.append(_row(c, results[c.index].image, stage, seed))
+                rows.append(_row(c, results[c.index].image, spec, stage, seed))
             accept_rate = max((len(rows) - kept_before) / len(batch), 0.05)
             bar.update(len(rows) - kept_before)
             bar.set_postfix(rejected=len(rejected))
@@ -346,8 +382,8 @@ def generate(
     return rows, summary
 
 
-def _row(c: _Candidate, image: np.ndarray, stage: int, seed: int) -> dict[str, Any]:
-    printer = PRINTERS[STAGES[stage].printer]
+def _row(c: _Candidate, image: np.ndarray, spec: Stage, stage: int, seed: int) -> dict[str, Any]:
+    printer = PRINTERS[spec.printer]
     reasoning = printer.describe(c.scene)
     return {
         "image": {"bytes": png_bytes(image), "path": None},
@@ -603,6 +639,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-samples", type=int, help="rows to keep (default: 2000 for a stage, all for Shadereval)"
     )
+    p.add_argument(
+        "--grid",
+        type=float,
+        help="spacing of every sampled centre and size in uv units, e.g. 0.05 (default: the stage's, 0.01)",
+    )
+    p.add_argument("--max-shapes", type=int, help="at most this many shapes a scene (default: the stage's)")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     p.add_argument("--out", required=True, help="output folder for the dataset")
     p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of rows in the test split")
@@ -628,6 +670,10 @@ def cli_main(argv: list[str]) -> int:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, not {args.seed}")
+    if args.stage is not None:
+        stage_variant(args.stage, grid=args.grid, max_shapes=args.max_shapes)  # fail before any worker starts
+    elif args.grid is not None or args.max_shapes is not None:
+        raise UsageError("--grid and --max-shapes apply to a --stage, not to --from-shadereval")
     check_output(args.out, args.overwrite)
     if args.from_shadereval is not None:
         read_table(args.from_shadereval)  # fail on an unreadable file before starting any worker
@@ -639,8 +685,17 @@ def cli_main(argv: list[str]) -> int:
         render = lambda codes, size: pool.render_many(codes, size=size)  # noqa: E731
         if args.stage is not None:
             num = args.num_samples or 2000
-            rows, summary = generate(args.stage, num, seed=args.seed, size=args.size, render_many=render)
+            rows, summary = generate(
+                args.stage,
+                num,
+                seed=args.seed,
+                size=args.size,
+                render_many=render,
+                grid=args.grid,
+                max_shapes=args.max_shapes,
+            )
             meta = {"command": "data", "stage": args.stage, "num_samples": num}
+            meta.update({"grid": args.grid, "max_shapes": args.max_shapes})
         else:
             rows, summary = ingest_shadereval(
                 args.from_shadereval,

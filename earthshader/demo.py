@@ -2,8 +2,10 @@
 
     .venv/bin/python -m earthshader.demo [--quick] [--out demo_out]
 
-Steps, each through the same command a user runs: a Stage-1 dataset (`earthshader data`), the
-supervised warmup (`earthshader sft`, recipes/tiny/sft.yaml), an audit of the SFT model, GRPO on top
+Steps, each through the same command a user runs: two Stage-1 datasets on the 0.05 grid
+(`earthshader data`: single shapes, and the 1-or-2-shape mix), the supervised warmup in two steps
+(`earthshader sft`: recipes/tiny/sft.yaml warms the vision tower up, freezes it and trains on single
+shapes; recipes/tiny/sft_mix.yaml goes on with the mix), an audit of the SFT model, GRPO on top
 (`earthshader grpo`, recipes/tiny/grpo.yaml), an audit of the GRPO model, reward and loss curves
 (`earthshader plot`), and the export (`earthshader export`). It ends with a table of the audit
 figures and where everything is. `--quick` runs the same steps with small settings in minutes.
@@ -31,15 +33,34 @@ MARKER = ".earthshader-demo"
 class DemoSettings:
     """How big each step is. The full settings fit the 60-minute budget on a 2-core CPU."""
 
-    samples: int
-    sft_steps: int | None  # None: the recipe's own
+    samples: int  # rows of each dataset (single shapes; the mix), test rows included
+    test_rows: int  # held-out rows of each dataset; the audits read the mix's
+    sft_steps: int | None  # steps of each SFT step; None: the recipes' own
+    warmup_steps: int | None  # vision warmup steps; None: the recipe's own
     grpo_steps: int | None
     audit_samples: int
     max_new_tokens: int
 
 
-FULL = DemoSettings(samples=2000, sft_steps=None, grpo_steps=None, audit_samples=100, max_new_tokens=384)
-QUICK = DemoSettings(samples=64, sft_steps=20, grpo_steps=2, audit_samples=8, max_new_tokens=320)
+GRID = "0.05"  # spacing of every centre and size: 25 values per axis, not 121 (bench/LEARNING.md)
+FULL = DemoSettings(
+    samples=8100,
+    test_rows=100,
+    sft_steps=None,
+    warmup_steps=None,
+    grpo_steps=None,
+    audit_samples=100,
+    max_new_tokens=384,
+)
+QUICK = DemoSettings(
+    samples=64,
+    test_rows=8,
+    sft_steps=10,
+    warmup_steps=4,
+    grpo_steps=2,
+    audit_samples=8,
+    max_new_tokens=320,
+)
 
 
 def _step(title: str, fn, *args, **kwargs):
@@ -73,32 +94,49 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
     from earthshader.audit import report_markdown, run_audit
 
     prepare_out(out)
-    data, sft_dir, grpo_dir = out / "data" / "stage1", out / "runs" / "sft", out / "runs" / "grpo"
+    runs = out / "runs"
+    data, one = out / "data" / "stage1", out / "data" / "stage1-one"
+    sft_one_dir, sft_dir, grpo_dir = runs / "sft-one", runs / "sft", runs / "grpo"
     started = time.monotonic()
 
-    _step(
-        f"data: {settings.samples} Stage-1 samples",
-        _run_cli,
-        "earthshader.data",
-        ["--stage", "1", "--num-samples", str(settings.samples), "--seed", "0", "--out", str(data)],
-    )
+    for folder, extra, what in ((one, ["--max-shapes", "1"], "single shapes"), (data, [], "1 or 2 shapes")):
+        _step(
+            f"data: {settings.samples} Stage-1 samples, {what}, grid {GRID}",
+            _run_cli,
+            "earthshader.data",
+            [
+                *("--stage", "1", "--grid", GRID, *extra, "--num-samples", str(settings.samples)),
+                *("--test-fraction", f"{settings.test_rows / settings.samples:.6f}"),
+                *("--seed", "0", "--out", str(folder)),
+            ],
+        )
 
-    sft_argv = [
-        "--config",
-        "recipes/tiny/sft.yaml",
-        "--dataset_path",
-        str(data),
-        "--output_dir",
-        str(sft_dir),
-    ]
+    steps: list[str] = []
     if settings.sft_steps is not None:
-        sft_argv += [
-            "--max_steps",
-            str(settings.sft_steps),
-            "--save_steps",
-            str(max(1, settings.sft_steps // 2)),
-        ]
-    _step("sft: weighted cross-entropy warmup (recipes/tiny/sft.yaml)", _run_cli, "earthshader.sft", sft_argv)
+        half = str(max(1, settings.sft_steps // 2))
+        steps = ["--max_steps", str(settings.sft_steps), "--save_steps", half]
+    warmup = [] if settings.warmup_steps is None else ["--vision_warmup_steps", str(settings.warmup_steps)]
+    _step(
+        "sft 1/2: vision warmup, then single shapes, tower frozen (recipes/tiny/sft.yaml)",
+        _run_cli,
+        "earthshader.sft",
+        [
+            *("--config", "recipes/tiny/sft.yaml", "--dataset_path", str(one)),
+            *("--vision_warmup_dataset_path", str(data), "--output_dir", str(sft_one_dir)),
+            *warmup,
+            *steps,
+        ],
+    )
+    _step(
+        "sft 2/2: the 1-or-2-shape mix (recipes/tiny/sft_mix.yaml)",
+        _run_cli,
+        "earthshader.sft",
+        [
+            *("--config", "recipes/tiny/sft_mix.yaml", "--model_name_or_path", str(sft_one_dir)),
+            *("--dataset_path", str(data), "--output_dir", str(sft_dir)),
+            *steps,
+        ],
+    )
 
     audit_kwargs = dict(
         split="test",
@@ -143,7 +181,11 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
     from earthshader.plots import plot_runs
 
     curves = _step(
-        "plot: reward and loss curves", plot_runs, [sft_dir, grpo_dir], out / "curves.png", overwrite=True
+        "plot: reward and loss curves",
+        plot_runs,
+        [sft_one_dir, sft_dir, grpo_dir],
+        out / "curves.png",
+        overwrite=True,
     )
     export = _step("export: the trained model", export_run, grpo_dir, out / "export", overwrite=True)
 

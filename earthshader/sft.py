@@ -84,6 +84,13 @@ class EarthShaderSFTConfig(SFTConfig):
         default=1e-3, metadata={"help": "Learning rate of the vision warmup (linear decay to 0)."}
     )
     vision_warmup_batch_size: int = field(default=32, metadata={"help": "Images per vision warmup step."})
+    vision_warmup_dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset folder whose train split the vision warmup reads; default: the SFT dataset. The "
+            "tiny curriculum warms the tower on the 1-or-2-shape mix while SFT starts on single shapes."
+        },
+    )
     vision_freeze_after_warmup: bool = field(
         default=False,
         metadata={
@@ -468,31 +475,51 @@ def run_sft(
         (out / "sft_run.json").write_text(json.dumps(record, indent=2, default=str))
     if last is not None:
         logger.info("resuming from %s", last)
-    elif training_args.vision_warmup_steps > 0:
-        # Only on a fresh start: a checkpoint already holds the warmed-up tower.
+    prepare_vision(trainer, script_args, training_args, out, warm_up=last is None)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
+    return trainer
+
+
+def prepare_vision(
+    trainer: WeightedSFTTrainer,
+    script_args: SFTScriptArguments,
+    training_args: EarthShaderSFTConfig,
+    out: Path,
+    warm_up: bool = True,
+) -> None:
+    """The recipe's vision warmup (when ``warm_up``: a fresh run, not a resumed one) and freeze.
+
+    The warmup reads ``vision_warmup_dataset_path`` when set, else the SFT dataset. The freeze is
+    applied before ``train()`` builds its optimizer, on a resumed run too, so that the optimizer's
+    state matches the checkpoint's.
+    """
+    if training_args.vision_warmup_steps <= 0:
+        return
+    if warm_up:  # a checkpoint already holds the warmed-up tower
         from earthshader.vision_warmup import warmup_vision
 
+        source = script_args
+        if training_args.vision_warmup_dataset_path:
+            source = dataclasses.replace(script_args, dataset_path=training_args.vision_warmup_dataset_path)
         losses = warmup_vision(
             trainer.model,
             trainer.processing_class.image_processor,
-            load_sft_dataset(script_args)[0],
+            load_sft_dataset(source)[0],
             training_args.vision_warmup_steps,
             learning_rate=training_args.vision_warmup_learning_rate,
             batch_size=training_args.vision_warmup_batch_size,
             seed=training_args.seed,
         )
         if trainer.is_world_process_zero():
+            out.mkdir(parents=True, exist_ok=True)
             (out / "vision_warmup.json").write_text(json.dumps({"loss": losses}))
-    if training_args.vision_warmup_steps > 0 and training_args.vision_freeze_after_warmup:
-        # before train() builds its optimizer, on a resumed run too, so that its state matches
+    if training_args.vision_freeze_after_warmup:
         from earthshader.models import freeze_vision_tower
 
         logger.info("vision tower frozen after the warmup (%d tensors)", freeze_vision_tower(trainer.model))
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))
-    return trainer
 
 
 def parse_args(argv: list[str] | None):

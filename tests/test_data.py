@@ -123,6 +123,23 @@ def test_generate_stage_one_keeps_to_its_primitives():
         assert {type(s) for s in scene.shapes} <= {Circle, Box, Annulus}
 
 
+def test_generate_on_a_coarser_grid_with_single_shapes():
+    """The first step of the tiny model's curriculum: one shape a scene, every value on the 0.05 grid."""
+    rows, _ = generate(1, 40, seed=0, size=32, progress=False, grid=0.05, max_shapes=1)
+    assert len(rows) == 40
+    values = []
+    for row in rows:
+        scene = scene_from_json(row["scene"])
+        assert len(scene.shapes) == 1 and row["reasoning"].startswith("One shape")
+        values += [v for v in scene.shapes[0].params().values()]
+    assert all(abs(v * 20 - round(v * 20)) < 1e-9 for v in values), values
+    # the stage's own grid is 0.01: some of its values are off the 0.05 grid
+    plain, _ = generate(1, 40, seed=0, size=32, progress=False)
+    plain_values = [v for r in plain for s in scene_from_json(r["scene"]).shapes for v in s.params().values()]
+    assert any(abs(v * 20 - round(v * 20)) > 1e-6 for v in plain_values)
+    assert {len(scene_from_json(r["scene"]).shapes) for r in plain} == {1, 2}
+
+
 @pytest.mark.parametrize(
     ("scene", "reason"),
     [
@@ -172,6 +189,11 @@ def test_image_rejection_catches_near_uniform_images():
         ([], "exactly one of --stage"),
         (["--stage", "1", "--from-shadereval", str(FIXTURE)], "exactly one of --stage"),
         (["--from-shadereval", "/nonexistent/shadereval.parquet"], "no such file"),
+        (["--stage", "1", "--grid", "0.055"], "--grid must be a positive multiple of 0.01"),
+        (["--stage", "1", "--grid", "0"], "--grid must be a positive multiple"),
+        (["--stage", "1", "--max-shapes", "3"], "--max-shapes must be in 1..2"),
+        (["--stage", "1", "--max-shapes", "0"], "--max-shapes must be in 1..2"),
+        (["--from-shadereval", str(FIXTURE), "--grid", "0.05"], "apply to a --stage"),
     ],
 )
 def test_data_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

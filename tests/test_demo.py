@@ -33,6 +33,14 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert main(["--quick", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sft"]["n"] == summary["grpo"]["n"] > 0
-    for path in ("runs/sft/audit/report.json", "runs/grpo/audit/grid.png", "curves.png", "export/README.md"):
+    for path in (
+        "runs/sft-one/vision_warmup.json",  # step 1 of SFT warmed the tower up
+        "runs/sft/audit/report.json",
+        "runs/grpo/audit/grid.png",
+        "curves.png",
+        "export/README.md",
+    ):
         assert (out / path).exists(), path
+    one = json.loads((out / "runs/sft-one/sft_run.json").read_text())
+    assert one["sft"]["vision_freeze_after_warmup"] and one["script"]["dataset_path"].endswith("stage1-one")
     assert QUICK.samples == 64

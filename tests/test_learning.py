@@ -2,9 +2,10 @@
 
 Real parts throughout: Stage-1 samples rendered by ``earthshader data``, the embedded tiny Qwen2-VL,
 ``recipes/tiny/sft.yaml`` parsed as ``earthshader sft`` parses it, and TRL's training loop with the
-weighted cross-entropy. The training set is exactly one batch (8 rows, the recipe's batch size), so
-every step sees the batch the loss is measured on; a loss that does not fall there means the recipe
-(learning rate, schedule, weights, gradient clipping) or the loss itself is broken.
+weighted cross-entropy, after the recipe's vision warmup (shortened) and the freeze of the tower that
+follows it. The training set is exactly one batch (8 rows, the recipe's batch size), so every step
+sees the batch the loss is measured on; a loss that does not fall there means the recipe (learning
+rate, schedule, weights, gradient clipping) or the loss itself is broken.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from earthshader.cli import main as earthshader  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "sft.yaml"
 STEPS = 6
+WARMUP_STEPS = 3
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +60,20 @@ def test_default_sft_recipe_first_steps_lower_loss_on_fixed_batch(stage1, tmp_pa
             "none",
             "--logging_steps",
             "1",
+            "--vision_warmup_steps",
+            str(WARMUP_STEPS),
+            "--vision_warmup_dataset_path",
+            str(stage1),
         ]
     )
     # The recipe's own optimisation (learning rate, schedule, loss weights, batch size): only the
-    # length of the run and the output are overridden, so tuning the recipe keeps this test honest.
+    # length of the run, of its vision warmup and the output are overridden, so tuning the recipe
+    # keeps this test honest.
+    assert training_args.vision_warmup_steps == WARMUP_STEPS
     script_args.max_train_samples = training_args.per_device_train_batch_size
     trainer = sft.build_trainer(script_args, training_args, model_args)
+    sft.prepare_vision(trainer, script_args, training_args, tmp_path / "run")
+    tower = {n: p.detach().clone() for n, p in trainer.model.model.visual.named_parameters()}
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     assert len(rows) == training_args.per_device_train_batch_size  # one batch: every step sees it
 
@@ -75,6 +85,10 @@ def test_default_sft_recipe_first_steps_lower_loss_on_fixed_batch(stage1, tmp_pa
 
     print(f"fixed-batch loss {before:.3f} -> {after:.3f} after {STEPS} steps ({seconds:.1f} s of training)")
     assert trainer.state.global_step == STEPS
+    assert (tmp_path / "run" / "vision_warmup.json").exists()
+    if training_args.vision_freeze_after_warmup:  # the recipe's freeze holds through SFT
+        for name, param in trainer.model.model.visual.named_parameters():
+            assert torch.equal(param, tower[name]), name
     # A random model over a 4096-token vocabulary starts near ln(4096) = 8.3 nats.
     assert before > 6.0, f"initial loss {before:.3f} is not that of a random model"
     assert after < before - 0.5, (
