@@ -7,8 +7,10 @@ SFTTrainer runs the loop (cosine schedule with warmup, checkpoints, TensorBoard)
 `earthshader.sft` holds all the logic. Running the same command again resumes from the last complete
 checkpoint in output_dir.
 
-CPU, the embedded tiny model (built on first use, no network):
-    OMP_NUM_THREADS=2 python scripts/sft.py --config recipes/tiny/sft.yaml --dataset_path data/stage1
+CPU, the embedded tiny model (built on first use, no network), in two steps: a vision warmup and
+single shapes, then the 1-or-2-shape mix (the data: README, "Models and the supervised warmup"):
+    OMP_NUM_THREADS=2 python scripts/sft.py --config recipes/tiny/sft.yaml
+    OMP_NUM_THREADS=2 python scripts/sft.py --config recipes/tiny/sft_mix.yaml
 
 One GPU, Qwen2-VL-7B-Instruct in 4 bits with LoRA (pip install 'earthshader[train,quant]'):
     python scripts/sft.py --config recipes/qwen2-vl-7b/sft_qlora.yaml
