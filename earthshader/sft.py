@@ -463,7 +463,13 @@ def run_sft(
     ours = {"log.jsonl", "runs", ".checkpoint-staging", "sft_run.json", "vision_warmup.json"}
     if last is None and out.is_dir() and any(p.name not in ours for p in out.iterdir()):
         raise UsageError(f"{out} exists and holds no checkpoint to resume (pass --overwrite to start afresh)")
-    trainer = build_trainer(script_args, training_args, model_args)
+    trainer = build_trainer(script_args, training_args, model_args)  # checks the SFT dataset
+    warm = training_args.vision_warmup_dataset_path
+    if last is None and training_args.vision_warmup_steps > 0 and warm and not Path(warm).exists():
+        raise UsageError(
+            f"vision_warmup_dataset_path {warm} does not exist (make it with `earthshader data --stage 1 "
+            f"--grid 0.05 --out {warm}`, or pass --vision_warmup_dataset_path)"
+        )
     if trainer.is_world_process_zero():
         # What the run was made from, for the export's model card (earthshader.export.run_info).
         out.mkdir(parents=True, exist_ok=True)

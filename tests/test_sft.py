@@ -187,6 +187,8 @@ def _run_sft(tiny_path, dataset, out, *extra, timeout=600):
         str(out),
         "--vision_warmup_steps",
         "0",
+        "--vision_warmup_dataset_path",
+        str(dataset),
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
@@ -268,10 +270,27 @@ def test_sft_resumes_after_sigkill_at_the_last_complete_checkpoint(tiny_path, da
 
 
 def test_sft_cli_rejects_a_missing_dataset(tmp_path):
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(UsageError, match="^dataset .*nope does not exist"):
         cli_main(
             ["--config", str(RECIPE), "--dataset_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]
         )
+
+
+def test_sft_cli_rejects_a_missing_vision_warmup_dataset(dataset, tmp_path):
+    # the default recipe warms the tower up on data/stage1: a run elsewhere must name its own
+    with pytest.raises(UsageError, match="vision_warmup_dataset_path .*nope does not exist"):
+        cli_main(
+            [
+                *("--config", str(RECIPE), "--dataset_path", str(dataset)),
+                *(
+                    "--vision_warmup_dataset_path",
+                    str(tmp_path / "nope"),
+                    "--output_dir",
+                    str(tmp_path / "o"),
+                ),
+            ]
+        )
+    assert not (tmp_path / "o" / "sft_run.json").exists()  # stopped before the run was recorded
 
 
 def test_sft_cli_rejects_a_dataset_without_the_columns(tmp_path):
