@@ -662,7 +662,7 @@ def freeze_vision_tower(model) -> int:
     """Stop training the vision tower and its merger (a PEFT model too); returns the tensors frozen."""
     frozen = 0
     for name, param in model.named_parameters():
-        if (".visual." in f".{name}" or name.startswith("visual.")) and param.requires_grad:
+        if ".visual." in f".{name}" and param.requires_grad:  # "visual.*" and "*.visual.*"
             param.requires_grad_(False)
             frozen += 1
     return frozen

@@ -4,8 +4,9 @@ For each target image the policy writes ``num_generations`` completions (a short
 ```glsl block). Every distinct shader is rendered once, headlessly, and scored: does it compile, how
 close are its pixels to the target (relative to drawing nothing), how well do the shapes overlap, is
 the format right. GRPO turns each group's rewards into advantages (reward minus the group mean,
-scaled by the group's spread unless the recipe says ``scale_rewards: none``) and raises the likelihood of the better completions. Every setting
-lives in the recipe; the library is ``earthshader.grpo``.
+scaled by the group's spread unless the recipe says ``scale_rewards: none``) and raises the
+likelihood of the better completions. Every setting lives in the recipe; the library is
+``earthshader.grpo``.
 
 CPU, the embedded tiny model (after ``earthshader sft --config recipes/tiny/sft_mix.yaml``)::
 
