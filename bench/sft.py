@@ -6,9 +6,14 @@ alternating order, one optimizer step (forward, loss, backward, AdamW step) both
     code / reasoning split it logs);
   - trl: ``SFTTrainer.compute_loss`` (the mean NLL of the completion tokens) on the same inputs.
 Collation is timed too (``WeightedVLMCollator`` against TRL's ``DataCollatorForVisionLanguageModeling``),
-since the weights are built there. Medians are reported; the last line is one JSON object.
+since the weights are built there. A third way times the weighted step under bf16 autocast on the CPU
+(what ``bf16: true`` with ``use_cpu: true`` does in the tiny recipes): ``bf16_speedup`` is the fp32
+weighted step's median over the bf16 one's; ``bf16_loss_diff`` is the largest difference between
+the two ways' losses on the same batches before any step. Medians are reported; the last line is one
+JSON object.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/sft.py [--reps 30 --batch-size 8]
+        [--data data/stage1 --freeze-vision]   # the demo's own batches and frozen tower
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--data", help="a dataset folder (earthshader data) to take the batches from")
+    parser.add_argument(
+        "--freeze-vision", action="store_true", help="freeze the vision tower, as the tiny recipes do"
+    )
     args = parser.parse_args()
 
     import torch
@@ -42,10 +51,15 @@ def main() -> None:
     from earthshader.sft import EarthShaderSFTConfig, WeightedSFTTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="es_bench_sft_"))
-    data = load_from_disk(
-        str(make_circle_dataset(tmp / "data", n_train=args.batch_size * args.batches, n_test=1))
-    )
+    n_rows = args.batch_size * args.batches
+    if args.data:
+        data = load_from_disk(args.data)
+        data["train"] = data["train"].select(range(n_rows))
+    else:
+        data = load_from_disk(str(make_circle_dataset(tmp / "data", n_train=n_rows, n_test=1)))
     model, processor = models.load_model_and_processor(models.EarthShaderModelConfig())
+    if args.freeze_vision:
+        models.freeze_vision_tower(model)
     config = EarthShaderSFTConfig(
         output_dir=str(tmp / "run"), report_to="none", max_steps=1, learning_rate=1e-4
     )
@@ -69,6 +83,21 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def bf16_step(i: int) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            weighted_step(i)
+
+    def losses(autocast: bool) -> list[float]:
+        out = []
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for batch in weighted_batches:
+                batch = dict(batch)
+                norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+                out.append(float(trainer.compute_loss(model, batch, num_items_in_batch=norm)))
+        return out
+
+    loss_diff = max(abs(a - b) for a, b in zip(losses(False), losses(True), strict=True))
+
     def trl_step(i: int) -> None:
         batch = dict(weighted_batches[i % len(chunks)])
         batch.pop("loss_weights")
@@ -86,9 +115,10 @@ def main() -> None:
     for i in range(3):  # warm-up
         weighted_step(i)
         trl_step(i)
-    w_times, t_times, wc_times, tc_times = [], [], [], []
+        bf16_step(i)
+    w_times, t_times, b_times, wc_times, tc_times = [], [], [], [], []
     for i in range(args.reps):
-        order = [(weighted_step, w_times), (trl_step, t_times)]
+        order = [(weighted_step, w_times), (trl_step, t_times), (bf16_step, b_times)]
         for fn, sink in order if i % 2 == 0 else order[::-1]:
             sink.append(timed(fn, i))
         chunk = chunks[i % len(chunks)]
@@ -98,7 +128,7 @@ def main() -> None:
             collate([dict(r) for r in chunk])
             sink.append(time.perf_counter() - start)
 
-    w, t = statistics.median(w_times), statistics.median(t_times)
+    w, t, b = statistics.median(w_times), statistics.median(t_times), statistics.median(b_times)
     wc, tc = statistics.median(wc_times), statistics.median(tc_times)
     tokens = int(weighted_batches[0]["attention_mask"].sum())
     result = {
@@ -108,7 +138,12 @@ def main() -> None:
         "weighted_collate_s": round(wc, 5),
         "trl_collate_s": round(tc, 5),
         "overhead_with_collation": round((w + wc) / (t + tc) - 1, 4),
+        "bf16_step_s": round(b, 5),
+        "bf16_speedup": round(w / b, 3),
+        "bf16_loss_diff": round(loss_diff, 5),
         "batch_size": args.batch_size,
+        "data": args.data or "circles",
+        "vision_frozen": args.freeze_vision,
         "tokens_per_batch": tokens,
         "reps": args.reps,
         "threads": torch.get_num_threads(),
@@ -121,7 +156,8 @@ def main() -> None:
     }
     print(
         f"step: weighted {w * 1e3:.1f} ms, TRL {t * 1e3:.1f} ms ({result['overhead']:+.1%}); "
-        f"collate: weighted {wc * 1e3:.1f} ms, TRL {tc * 1e3:.1f} ms"
+        f"collate: weighted {wc * 1e3:.1f} ms, TRL {tc * 1e3:.1f} ms; "
+        f"bf16 autocast {b * 1e3:.1f} ms ({w / b:.2f}x faster than fp32)"
     )
     print(json.dumps(result))
 

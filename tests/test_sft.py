@@ -143,6 +143,21 @@ def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
         )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case under test is a machine with no GPU")
+def test_bf16_without_a_gpu_trains_in_cpu_autocast(tiny_path, dataset, tmp_path):
+    # transformers refuses bf16 with no GPU unless use_cpu is set; the config sets it, and the step runs
+    # in bf16 autocast: its loss is close to the fp32 one on the same batch, but not bit-equal.
+    first_loss = {}
+    for bf16 in (False, True):
+        trainer = _trainer(tiny_path, dataset, tmp_path / str(bf16), bf16=bf16, logging_steps=1, seed=0)
+        assert trainer.args.use_cpu == bf16
+        trainer.train()
+        assert trainer.accelerator.mixed_precision == ("bf16" if bf16 else "no")
+        first_loss[bf16] = trainer.state.log_history[0]["loss"]
+    assert first_loss[True] != first_loss[False]
+    assert first_loss[True] == pytest.approx(first_loss[False], rel=0.02)
+
+
 def test_weighted_loss_is_exact_under_gradient_accumulation(tiny_path, dataset, tmp_path):
     # Two micro-batches of 2 (different padding) must give the loss and gradient of one batch of 4.
     trainer = _trainer(tiny_path, dataset, tmp_path)

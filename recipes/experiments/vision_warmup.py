@@ -24,8 +24,11 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--pixels", type=int, default=None, help="image area after resizing (224 px: 50176)")
     args = parser.parse_args()
-    model, processor = load_model_and_processor(EarthShaderModelConfig())
+    model, processor = load_model_and_processor(
+        EarthShaderModelConfig(min_pixels=args.pixels, max_pixels=args.pixels)
+    )
     start = time.perf_counter()
     losses = warmup_vision(
         model,
