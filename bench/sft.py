@@ -7,7 +7,7 @@ alternating order, one optimizer step (forward, loss, backward, AdamW step) both
   - trl: ``SFTTrainer.compute_loss`` (the mean NLL of the completion tokens) on the same inputs.
 Collation is timed too (``WeightedVLMCollator`` against TRL's ``DataCollatorForVisionLanguageModeling``),
 since the weights are built there. A third way times the weighted step under bf16 autocast on the CPU
-(what ``bf16: true`` with ``use_cpu: true`` does in the tiny recipes): ``bf16_speedup`` is the fp32
+(what ``bf16: true`` does in the tiny recipes on a machine with no GPU): ``bf16_speedup`` is the fp32
 weighted step's median over the bf16 one's; ``bf16_loss_diff`` is the largest difference between
 the two ways' losses on the same batches before any step. Medians are reported; the last line is one
 JSON object.
@@ -76,10 +76,13 @@ def main() -> None:
     weighted_batches = [trainer.data_collator([dict(r) for r in c]) for c in chunks]
     trl_batches = [trl_collator([dict(r) for r in c]) for c in chunks]
 
-    def weighted_step(i: int) -> None:
+    def weighted_loss(i: int):
         batch = dict(weighted_batches[i % len(chunks)])
         norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
-        trainer.compute_loss(model, batch, num_items_in_batch=norm).backward()
+        return trainer.compute_loss(model, batch, num_items_in_batch=norm)
+
+    def weighted_step(i: int) -> None:
+        weighted_loss(i).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -88,13 +91,8 @@ def main() -> None:
             weighted_step(i)
 
     def losses(autocast: bool) -> list[float]:
-        out = []
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            for batch in weighted_batches:
-                batch = dict(batch)
-                norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
-                out.append(float(trainer.compute_loss(model, batch, num_items_in_batch=norm)))
-        return out
+            return [float(weighted_loss(i)) for i in range(len(chunks))]
 
     loss_diff = max(abs(a - b) for a, b in zip(losses(False), losses(True), strict=True))
 

@@ -244,14 +244,15 @@ def score_all(
     return samples, figures
 
 
+def render_mse(result: Any, target: np.ndarray) -> float:
+    """Pixel MSE of a render against its target; a failed render (or one of another size) scores as black."""
+    ok = result.ok and result.image is not None and result.image.shape == target.shape
+    return pixel_mse(result.image if ok else np.zeros_like(target), target)
+
+
 def pick_best(results: list[Any], target: np.ndarray) -> int:
     """Index of the render closest to the target by pixel MSE, a failure scored as black (best of N)."""
-
-    def mse(result) -> float:
-        ok = result.ok and result.image is not None and result.image.shape == target.shape
-        return pixel_mse(result.image if ok else np.zeros_like(target), target)
-
-    return min(range(len(results)), key=lambda i: mse(results[i]))
+    return min(range(len(results)), key=lambda i: render_mse(results[i], target))
 
 
 def render_codes(codes: list[str], sizes: list[int]) -> list[Any]:

@@ -95,6 +95,16 @@ class FilterConfig:
     )
 
 
+def inside_mask(scene: Scene, fields: list[np.ndarray], skip: int | None = None) -> np.ndarray:
+    """Where the scene is inside, from its shapes' distance ``fields``, folded with its operators;
+    ``skip`` leaves one shape (and the operator that joins it) out."""
+    pairs = [p for i, p in enumerate(zip((None, *scene.ops), fields, strict=True)) if i != skip]
+    acc = pairs[0][1]
+    for op, d in pairs[1:]:
+        acc = op.apply(acc, d)
+    return acc < 0.0
+
+
 def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str | None:
     """Why a scene is not worth rendering (``off_screen``, ``too_small``, ``too_large``, ``hidden_shape``), or None.
 
@@ -113,15 +123,7 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
         if on_screen < config.min_shape_area * 4.0:
             return "too_small"
 
-    def fold(skip: int | None) -> np.ndarray:
-        pairs = [(op, d) for op, d in zip((None, *scene.ops), fields_, strict=True)]
-        pairs = [p for i, p in enumerate(pairs) if i != skip]
-        acc = pairs[0][1]
-        for op, d in pairs[1:]:
-            acc = op.apply(acc, d)
-        return acc < 0.0
-
-    inside = fold(None)
+    inside = inside_mask(scene, fields_)
     fraction = float(inside.mean())
     if fraction < config.min_foreground:
         return "too_small"
@@ -129,7 +131,7 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
         return "too_large"
     if len(scene.shapes) > 1:
         for i in range(len(scene.shapes)):
-            if float((fold(i) != inside).mean()) < config.min_shape_effect:
+            if float((inside_mask(scene, fields_, skip=i) != inside).mean()) < config.min_shape_effect:
                 return "hidden_shape"
     return None
 

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from earthshader.audit import generate, load_audit_model, pixel_mse, render_codes, to_image
+from earthshader.audit import generate, load_audit_model, render_codes, render_mse, to_image
 from earthshader.glsl import extract_code
 
 
@@ -46,10 +46,7 @@ def main() -> None:
             target = to_image(image)
             codes = [extract_code(text) or "" for text in (*g, *s)]
             results = render_codes(codes, [target.shape[0]] * len(codes))
-            mses = [
-                pixel_mse(r.image if r.ok and r.image is not None else np.zeros_like(target), target)
-                for r in results
-            ]
+            mses = [render_mse(r, target) for r in results]
             greedy_mse.append(mses[0])
             sample_mse.extend(mses[1:])
             better.append(sum(m < mses[0] - 1e-9 for m in mses[1:]))

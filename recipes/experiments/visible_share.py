@@ -1,7 +1,8 @@
 """Experiment helper (issue 7): are the audit's misses on pairs the pairs whose shapes hide each other?
 
 For each two-shape test scene, the smallest share of a shape's own area that is visible as that shape
-alone (the pixels that change when it is removed, on a 48 x 48 grid). Splits an audit's pairs at a few
+alone (the pixels that change when it is removed, on a 48 x 48 grid: the data filter's
+``hidden_shape`` test, as a share of the shape instead of the frame). Splits an audit's pairs at a few
 thresholds of that share and prints identity, count and MSE on each side; then the share of training
 pairs a rule at each threshold would drop.
 
@@ -16,6 +17,7 @@ import json
 import numpy as np
 from datasets import load_from_disk
 
+from earthshader.data import inside_mask
 from earthshader.scenes import pixel_grid, scene_from_json
 
 GRID = 48
@@ -25,16 +27,10 @@ def smallest_visible_share(scene) -> float:
     x, y = pixel_grid(GRID, np.float32)
     fields = [shape.sdf(x, y) for shape in scene.shapes]
 
-    def inside(skip: int | None) -> np.ndarray:
-        pairs = [p for i, p in enumerate(zip((None, *scene.ops), fields, strict=True)) if i != skip]
-        acc = pairs[0][1]
-        for op, d in pairs[1:]:
-            acc = op.apply(acc, d)
-        return acc < 0
-
-    whole = inside(None)
+    whole = inside_mask(scene, fields)
     return min(
-        np.count_nonzero(inside(i) != whole) / max(np.count_nonzero(d < 0), 1) for i, d in enumerate(fields)
+        np.count_nonzero(inside_mask(scene, fields, skip=i) != whole) / max(np.count_nonzero(d < 0), 1)
+        for i, d in enumerate(fields)
     )
 
 
