@@ -205,3 +205,28 @@ def test_init_model_cli_writes_and_refuses_to_overwrite(tiny_home, tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert second.returncode == 2
     assert second.stderr.strip().count("\n") == 0 and "--overwrite" in second.stderr
+
+
+def test_patch_embedding_runs_as_a_linear_map_with_the_convolutions_weights(tiny_home, tmp_path):
+    import torch
+
+    model, _ = load_model_and_processor(EarthShaderModelConfig())
+    embed = model.model.visual.patch_embed
+    assert "forward" in vars(embed)  # load_model_and_processor swapped it in
+    assert models.patch_embed_as_linear(model) == 1
+    patches = torch.randn(64, embed.proj.weight[0].numel())
+    as_conv = type(embed).forward(embed, patches)  # the class's own Conv3d path
+    as_linear = embed(patches)
+    assert as_linear.shape == as_conv.shape == (64, embed.embed_dim)
+    assert torch.allclose(as_linear, as_conv, atol=1e-5) and not torch.equal(
+        as_linear, torch.zeros_like(as_linear)
+    )
+    as_linear.square().sum().backward()  # the convolution's weight still learns
+    assert embed.proj.weight.grad is not None and embed.proj.weight.grad.abs().sum() > 0
+    # saved files are the convolution's: a plain transformers load reads them unchanged
+    model.save_pretrained(tmp_path / "saved")
+    from transformers import AutoModelForImageTextToText
+
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved")
+    assert "forward" not in vars(again.model.visual.patch_embed)
+    assert torch.allclose(again.model.visual.patch_embed(patches), as_conv, atol=1e-5)

@@ -2,7 +2,8 @@
 
 For a model folder (or ``tiny``), the merged image tokens of 1,500 training images are flattened (so the
 probe knows which token is where) and a ridge regression is fitted to: two shapes or one, the first
-shape's centre, and its type. On the test split it prints count accuracy, the centre error on
+shape's centre, its type, and how many shapes of each type the picture holds (rounded: the multiset of
+types, which is what the audit's identity asks). On the test split it prints count accuracy, the centre error on
 single-shape images (uv units, with the error of guessing the mean centre), and type accuracy, and the
 image tokens' mean norm next to the text embeddings'.
 
@@ -52,7 +53,16 @@ def main() -> None:
             scene = scene_from_json(text)
             first = scene.shapes[0]
             kind = type(first).__name__
-            rows.append([len(scene.shapes) - 1, first.x, first.y, *(kind == t for t in TYPES)])
+            kinds = [type(shape).__name__ for shape in scene.shapes]
+            rows.append(
+                [
+                    len(scene.shapes) - 1,
+                    first.x,
+                    first.y,
+                    *(kind == t for t in TYPES),
+                    *(kinds.count(t) for t in TYPES),
+                ]
+            )
         return np.asarray(rows, dtype=float)
 
     x_train, x_test = tokens(train), tokens(test)
@@ -67,10 +77,14 @@ def main() -> None:
     one = y_test[:, 0] == 0
     centre = np.linalg.norm(pred[one, 1:3] - y_test[one, 1:3], axis=1).mean()
     guess = np.linalg.norm(y_test[one, 1:3] - y_train[:, 1:3].mean(0), axis=1).mean()
-    kind = (pred[:, 3:].argmax(1) == y_test[:, 3:].argmax(1)).mean()
+    n_types = len(TYPES)
+    kind = (pred[:, 3 : 3 + n_types].argmax(1) == y_test[:, 3 : 3 + n_types].argmax(1)).mean()
+    # every type's count, rounded: the picture's multiset of types (what the audit's identity asks)
+    multiset = (np.clip(np.rint(pred[:, 3 + n_types :]), 0, 2) == y_test[:, 3 + n_types :]).all(1)
     print(
         f"count {count:.0%} (majority {max(y_test[:, 0].mean(), 1 - y_test[:, 0].mean()):.0%}), "
-        f"single-shape centre error {centre:.3f} (mean guess {guess:.3f}), first type {kind:.0%}"
+        f"single-shape centre error {centre:.3f} (mean guess {guess:.3f}), first type {kind:.0%}, "
+        f"types {multiset.mean():.0%} (one shape {multiset[one].mean():.0%}, two {multiset[~one].mean():.0%})"
     )
     text = processor.tokenizer("One shape: a circle at (0.25, -0.10)", return_tensors="pt")["input_ids"]
     with torch.no_grad():
