@@ -1,7 +1,7 @@
 """Where a batched SDF shader's render time goes: the render worker's own calls, timed in this process.
 
-One thread, llvmpipe with the pool's settings (``GALLIVM_PERF=nopt``, ``LP_NUM_THREADS=0``, no shader
-cache), the worker's ``_Renderer``, Stage-2 scenes (``bench/render.py``'s) in batches of ``--batch``.
+One thread, llvmpipe with the pool's settings (``earthshader.render.pool.mesa_env``: ``GALLIVM_PERF=nopt``,
+``LP_NUM_THREADS=0``; no shader cache), the worker's ``_Renderer``, Stage-2 scenes (``bench/render.py``'s) in batches of ``--batch``.
 For each batch it times, in CPU seconds of this process: ``combine`` (namespacing, shared helpers),
 ``compile`` (``ctx.program``: Mesa's GLSL front end, NIR, link), ``first_draw`` (llvmpipe JIT-compiles
 the whole program at its first draw, then draws that group), ``other_draws`` and ``readback`` (reading
@@ -17,16 +17,14 @@ import json
 import os
 import time
 
-os.environ.update(
-    MESA_SHADER_CACHE_DISABLE="true", GALLIUM_DRIVER="llvmpipe", LIBGL_ALWAYS_SOFTWARE="1", LP_NUM_THREADS="0"
-)
-os.environ.setdefault("GALLIVM_PERF", "nopt")
-os.environ.setdefault("__EGL_VENDOR_LIBRARY_FILENAMES", "/usr/share/glvnd/egl_vendor.d/50_mesa.json")
+from render import sdf_sources
 
-from render import sdf_sources  # noqa: E402
+from earthshader.glsl import combine, draw_groups, prepare
+from earthshader.render.pool import mesa_env
+from earthshader.render.worker import _Renderer
 
-from earthshader.glsl import combine, draw_groups, prepare  # noqa: E402
-from earthshader.render.worker import _Renderer  # noqa: E402
+os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"
+mesa_env(os.environ, "llvmpipe")  # the pool's own settings; read when the worker's context is made
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from earthshader.data import inside_mask
 from earthshader.errors import UsageError
 from earthshader.scenes import PRIMITIVES, Scene, scene_from_json
 
@@ -69,9 +70,6 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     fy = (np.arange(tokens_h * n) + 0.5) / (tokens_h * n)
     px, py = np.meshgrid((2 * fx - 1) * aspect, 1 - 2 * fy)
     fields = [shape.sdf(px, py) for shape in scene.shapes]
-    union = fields[0]
-    for op, d in zip(scene.ops, fields[1:], strict=True):
-        union = op.apply(union, d)
 
     def per_token(mask: np.ndarray) -> np.ndarray:  # (H*n, W*n) -> (tokens,) counts
         return mask.reshape(tokens_h, n, tokens_w, n).sum(axis=(1, 3)).reshape(-1)
@@ -83,7 +81,7 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     params_by_shape = np.array([_shape_params(s) for s in scene.shapes], dtype=np.float32)
     types = np.where(covered, [type_index[scene.shapes[i].type_name] for i in owner], 0)
     params = np.where(covered[:, None], params_by_shape[owner], 0.0).astype(np.float32)
-    coverage = (per_token(union < 0) / (n * n)).astype(np.float32)
+    coverage = (per_token(inside_mask(scene, fields)) / (n * n)).astype(np.float32)
     return TokenTargets(types.astype(np.int64), params, coverage)
 
 

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
@@ -38,6 +39,25 @@ from earthshader.render.result import RenderResult
 logger = logging.getLogger(__name__)
 
 MESA_DRIVERS = ("softpipe", "llvmpipe")
+
+
+def mesa_env(env: MutableMapping[str, str], driver: str) -> MutableMapping[str, str]:
+    """Write into ``env`` (and return it) the settings a render worker on Mesa's ``driver`` runs with.
+
+    ``bench/render_phases.py`` applies the same to its own process, so that it times what the pool runs.
+    """
+    env["GALLIUM_DRIVER"] = driver
+    env["LIBGL_ALWAYS_SOFTWARE"] = "1"
+    env["LP_NUM_THREADS"] = "0"  # the pool is the parallelism: one thread a worker
+    # LLVM's optimisation passes double llvmpipe's JIT time and barely speed up the draws
+    # of shaders drawn once (bench/RESULTS.md).
+    env.setdefault("GALLIVM_PERF", "nopt")
+    env["__EGL_VENDOR_LIBRARY_FILENAMES"] = env.get(
+        "EARTHSHADER_MESA_EGL_VENDOR", "/usr/share/glvnd/egl_vendor.d/50_mesa.json"
+    )
+    if not os.path.exists(env["__EGL_VENDOR_LIBRARY_FILENAMES"]):
+        del env["__EGL_VENDOR_LIBRARY_FILENAMES"]
+    return env
 
 
 def detect_mode() -> str:
@@ -261,17 +281,7 @@ class RenderPool:
         env["EARTHSHADER_RENDER_DEDUPE"] = "1" if self.dedupe else "0"
         env["EARTHSHADER_RENDER_OUTPUTS"] = str(self.outputs)
         if driver in MESA_DRIVERS:
-            env["GALLIUM_DRIVER"] = driver
-            env["LIBGL_ALWAYS_SOFTWARE"] = "1"
-            env["LP_NUM_THREADS"] = "0"  # the pool is the parallelism: one thread a worker
-            # LLVM's optimisation passes double llvmpipe's JIT time and barely speed up the draws
-            # of shaders drawn once (bench/RESULTS.md).
-            env.setdefault("GALLIVM_PERF", "nopt")
-            env["__EGL_VENDOR_LIBRARY_FILENAMES"] = env.get(
-                "EARTHSHADER_MESA_EGL_VENDOR", "/usr/share/glvnd/egl_vendor.d/50_mesa.json"
-            )
-            if not os.path.exists(env["__EGL_VENDOR_LIBRARY_FILENAMES"]):
-                del env["__EGL_VENDOR_LIBRARY_FILENAMES"]
+            mesa_env(env, driver)
         else:
             env["EARTHSHADER_EGL_DEVICE"] = os.environ.get("LOCAL_RANK", "0")
         to_worker_r, to_worker_w = os.pipe()
