@@ -9,11 +9,17 @@ Collation is timed too (``WeightedVLMCollator`` against TRL's ``DataCollatorForV
 since the weights are built there. A third way times the weighted step under bf16 autocast on the CPU
 (what ``bf16: true`` does in the tiny recipes on a machine with no GPU): ``bf16_speedup`` is the fp32
 weighted step's median over the bf16 one's; ``bf16_loss_diff`` is the largest difference between
-the two ways' losses on the same batches before any step. Medians are reported; the last line is one
-JSON object.
+the two ways' losses on the same batches before any step. With ``--compile``, a second copy of the
+model has its text decoder compiled (``earthshader.models.compile_language_model``, what
+``compile_language_model: true`` does in a recipe) and its bf16 step joins the rotation:
+``compile_speedup`` is the bf16 step's median over the compiled one's, ``compile_seconds`` the
+compiled copy's first steps (one per batch) less as many uncompiled ones, ``compile_loss_diff`` the
+largest difference of the two copies' losses over those first steps. Medians are reported; the last
+line is one JSON object.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/sft.py [--reps 30 --batch-size 8]
         [--data data/stage1 --freeze-vision]   # the demo's own batches and frozen tower
+        [--compile]                             # also the bf16 step with the decoder compiled
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def main() -> None:
     parser.add_argument(
         "--freeze-vision", action="store_true", help="freeze the vision tower, as the tiny recipes do"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the bf16 step with the text decoder compiled"
+    )
     args = parser.parse_args()
 
     import torch
@@ -57,34 +66,41 @@ def main() -> None:
         data["train"] = data["train"].select(range(n_rows))
     else:
         data = load_from_disk(str(make_circle_dataset(tmp / "data", n_train=n_rows, n_test=1)))
-    model, processor = models.load_model_and_processor(models.EarthShaderModelConfig())
-    if args.freeze_vision:
-        models.freeze_vision_tower(model)
-    config = EarthShaderSFTConfig(
-        output_dir=str(tmp / "run"), report_to="none", max_steps=1, learning_rate=1e-4
-    )
-    trainer = WeightedSFTTrainer(
-        model=model, args=config, train_dataset=data["train"], processing_class=processor
-    )
-    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
-    optimizer = trainer.optimizer
-    model = trainer.model.train()
-    trl_collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+
+    def make_trainer() -> WeightedSFTTrainer:
+        model, processor = models.load_model_and_processor(models.EarthShaderModelConfig())
+        if args.freeze_vision:
+            models.freeze_vision_tower(model)
+        config = EarthShaderSFTConfig(
+            output_dir=str(tmp / "run"), report_to="none", max_steps=1, learning_rate=1e-4
+        )
+        trainer = WeightedSFTTrainer(
+            model=model, args=config, train_dataset=data["train"], processing_class=processor
+        )
+        trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+        trainer.model.train()
+        return trainer
+
+    trainer = make_trainer()
+    optimizer, model = trainer.optimizer, trainer.model
+    trl_collator = DataCollatorForVisionLanguageModeling(trainer.processing_class, completion_only_loss=True)
 
     rows = [data["train"][i] for i in range(len(data["train"]))]
     chunks = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
     weighted_batches = [trainer.data_collator([dict(r) for r in c]) for c in chunks]
     trl_batches = [trl_collator([dict(r) for r in c]) for c in chunks]
 
-    def weighted_loss(i: int):
+    def weighted_loss(i: int, tr=trainer):
         batch = dict(weighted_batches[i % len(chunks)])
-        norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
-        return trainer.compute_loss(model, batch, num_items_in_batch=norm)
+        norm = tr._get_num_items_in_batch([batch], torch.device("cpu"))
+        return tr.compute_loss(tr.model, batch, num_items_in_batch=norm)
 
-    def weighted_step(i: int) -> None:
-        weighted_loss(i).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def weighted_step(i: int, tr=trainer) -> float:
+        loss = weighted_loss(i, tr)
+        loss.backward()
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def bf16_step(i: int) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -114,9 +130,31 @@ def main() -> None:
         weighted_step(i)
         trl_step(i)
         bf16_step(i)
-    w_times, t_times, b_times, wc_times, tc_times = [], [], [], [], []
+    order = [(weighted_step, []), (trl_step, []), (bf16_step, [])]
+    w_times, t_times, b_times = (sink for _, sink in order)
+    extra = {}
+    if args.compile:  # a second copy, compiled, from the same initial weights as the first
+        compiled = make_trainer()
+        models.compile_language_model(compiled.model)
+        eager = make_trainer()
+
+        def compiled_step(i: int, tr=compiled) -> float:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return weighted_step(i, tr)
+
+        def eager_step(i: int, tr=eager) -> float:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return weighted_step(i, tr)
+
+        first = [(timed(compiled_step, i), timed(eager_step, i)) for i in range(len(chunks))]
+        diff = max(abs(compiled_step(i) - eager_step(i)) for i in range(len(chunks)))
+        extra = {
+            "compile_seconds": round(sum(c - e for c, e in first), 2),
+            "compile_loss_diff": round(diff, 5),
+        }
+        order.append((compiled_step, []))
+    wc_times, tc_times = [], []
     for i in range(args.reps):
-        order = [(weighted_step, w_times), (trl_step, t_times), (bf16_step, b_times)]
         for fn, sink in order if i % 2 == 0 else order[::-1]:
             sink.append(timed(fn, i))
         chunk = chunks[i % len(chunks)]
@@ -139,6 +177,7 @@ def main() -> None:
         "bf16_step_s": round(b, 5),
         "bf16_speedup": round(w / b, 3),
         "bf16_loss_diff": round(loss_diff, 5),
+        **extra,
         "batch_size": args.batch_size,
         "data": args.data or "circles",
         "vision_frozen": args.freeze_vision,
@@ -152,6 +191,11 @@ def main() -> None:
             )
         ),
     }
+    if args.compile:
+        c = statistics.median(order[3][1])
+        result["compiled_step_s"] = round(c, 5)
+        result["compile_speedup"] = round(b / c, 3)
+        print(f"bf16 step with the decoder compiled: {c * 1e3:.1f} ms ({b / c:.2f}x faster than bf16)")
     print(
         f"step: weighted {w * 1e3:.1f} ms, TRL {t * 1e3:.1f} ms ({result['overhead']:+.1%}); "
         f"collate: weighted {wc * 1e3:.1f} ms, TRL {tc * 1e3:.1f} ms; "

@@ -230,3 +230,33 @@ def test_patch_embedding_runs_as_a_linear_map_with_the_convolutions_weights(tiny
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved")
     assert "forward" not in vars(again.model.visual.patch_embed)
     assert torch.allclose(again.model.visual.patch_embed(patches), as_conv, atol=1e-5)
+
+
+def test_compiled_language_model_computes_what_the_eager_one_does_and_saves_the_same_names(
+    tiny_home, tmp_path
+):
+    import shutil
+
+    import torch
+
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        pytest.skip("inductor needs a C++ compiler on a machine with no GPU")
+    model, _ = load_model_and_processor(EarthShaderModelConfig())
+    decoder = model.get_decoder()
+    names = set(model.state_dict())
+    ids = torch.randint(0, model.config.text_config.vocab_size, (2, 40))
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits
+    assert models.compile_language_model(model)
+    with torch.no_grad():
+        compiled = model(input_ids=ids).logits
+        longer = model(input_ids=torch.cat([ids, ids[:, :7]], dim=1)).logits  # another length
+    assert decoder._compiled_call_impl is not None  # the decoder, in place: the model is the same object
+    assert torch.allclose(compiled, eager, atol=1e-4) and eager.abs().max() > 0
+    assert torch.allclose(longer[:, :40], eager, atol=1e-4)
+    assert set(model.state_dict()) == names
+    model.save_pretrained(tmp_path / "saved")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())

@@ -204,6 +204,10 @@ def _run_sft(tiny_path, dataset, out, *extra, timeout=600):
         "0",
         "--vision_warmup_dataset_path",
         str(dataset),
+        # these runs test checkpoints, logs and resumption; compiling (about 95 s a run here) is
+        # test_models.py's, and the slow demo test runs the recipe with it
+        "--compile_language_model",
+        "false",
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
