@@ -707,7 +707,7 @@ def compile_language_model(model) -> bool:
     """``torch.compile`` the text decoder in place, with dynamic shapes; returns whether it did.
 
     On the CPU a step of the tiny model is mostly small element-wise kernels (bf16 casts, RMSNorm,
-    rotary embedding, SiLU), which inductor fuses: the demo's mix steps ran 1.40x faster for about 95 s
+    rotary embedding, SiLU), which inductor fuses: the demo's mix steps ran 1.28-1.40x faster for about 95 s
     of compilation on the 2-core machine (bench/sft.py ``--compile``). Compiling the decoder (not the
     whole model, whose image-token bookkeeping breaks the graph) keeps the parameter names, so
     checkpoints and saved models do not change. Inductor needs a C++ compiler on a machine with no

@@ -102,7 +102,7 @@ class EarthShaderSFTConfig(SFTConfig):
         default=False,
         metadata={
             "help": "torch.compile the text decoder before training (dynamic shapes; the saved model is the "
-            "same). On the 2-core CPU the tiny model's mix steps ran 1.40x faster, for about 95 s of "
+            "same). On the 2-core CPU the tiny model's mix steps ran 1.28-1.40x faster, for about 95 s of "
             "compilation a run (bench/sft.py --compile). Needs a C++ compiler when there is no GPU."
         },
     )
