@@ -25,6 +25,7 @@ line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -102,9 +103,9 @@ def main() -> None:
         tr.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def bf16_step(i: int) -> None:
+    def bf16_step(i: int, tr=trainer) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            weighted_step(i)
+            return weighted_step(i, tr)
 
     def losses(autocast: bool) -> list[float]:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -130,29 +131,21 @@ def main() -> None:
         weighted_step(i)
         trl_step(i)
         bf16_step(i)
-    order = [(weighted_step, []), (trl_step, []), (bf16_step, [])]
-    w_times, t_times, b_times = (sink for _, sink in order)
+    w_times, t_times, b_times, c_times = [], [], [], []
+    order = [(weighted_step, w_times), (trl_step, t_times), (bf16_step, b_times)]
     extra = {}
     if args.compile:  # a second copy, compiled, from the same initial weights as the first
         compiled = make_trainer()
         models.compile_language_model(compiled.model)
-        eager = make_trainer()
-
-        def compiled_step(i: int, tr=compiled) -> float:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return weighted_step(i, tr)
-
-        def eager_step(i: int, tr=eager) -> float:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return weighted_step(i, tr)
-
+        compiled_step = functools.partial(bf16_step, tr=compiled)
+        eager_step = functools.partial(bf16_step, tr=make_trainer())
         first = [(timed(compiled_step, i), timed(eager_step, i)) for i in range(len(chunks))]
         diff = max(abs(compiled_step(i) - eager_step(i)) for i in range(len(chunks)))
         extra = {
             "compile_seconds": round(sum(c - e for c, e in first), 2),
             "compile_loss_diff": round(diff, 5),
         }
-        order.append((compiled_step, []))
+        order.append((compiled_step, c_times))
     wc_times, tc_times = [], []
     for i in range(args.reps):
         for fn, sink in order if i % 2 == 0 else order[::-1]:
@@ -192,7 +185,7 @@ def main() -> None:
         ),
     }
     if args.compile:
-        c = statistics.median(order[3][1])
+        c = statistics.median(c_times)
         result["compiled_step_s"] = round(c, 5)
         result["compile_speedup"] = round(b / c, 3)
         print(f"bf16 step with the decoder compiled: {c * 1e3:.1f} ms ({b / c:.2f}x faster than bf16)")

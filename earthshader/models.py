@@ -703,6 +703,11 @@ def freeze_vision_tower(model) -> int:
     return frozen
 
 
+def has_cpp_compiler() -> bool:
+    """Whether a C++ compiler is on the PATH: inductor needs one to compile for the CPU."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
 def compile_language_model(model) -> bool:
     """``torch.compile`` the text decoder in place, with dynamic shapes; returns whether it did.
 
@@ -713,7 +718,7 @@ def compile_language_model(model) -> bool:
     checkpoints and saved models do not change. Inductor needs a C++ compiler on a machine with no
     GPU; without one the model is left as it is.
     """
-    if not torch.cuda.is_available() and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+    if not torch.cuda.is_available() and not has_cpp_compiler():
         logger.warning("no C++ compiler found: the language model runs uncompiled")
         return False
     model.get_decoder().compile(dynamic=True)

@@ -235,11 +235,9 @@ def test_patch_embedding_runs_as_a_linear_map_with_the_convolutions_weights(tiny
 def test_compiled_language_model_computes_what_the_eager_one_does_and_saves_the_same_names(
     tiny_home, tmp_path
 ):
-    import shutil
-
     import torch
 
-    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+    if not models.has_cpp_compiler():
         pytest.skip("inductor needs a C++ compiler on a machine with no GPU")
     model, _ = load_model_and_processor(EarthShaderModelConfig())
     decoder = model.get_decoder()
