@@ -85,6 +85,83 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     return TokenTargets(types.astype(np.int64), params, coverage)
 
 
+class RowCache:
+    """Each dataset row's processed pixels and token targets, made on the row's first draw and kept.
+
+    A warmup of 2,500 steps of 32 draws each row of an 8,000-row dataset ten times. Done afresh each
+    time, decoding the PNG, the image processor (resize, normalise, patchify: ~2 ms an image) and the
+    targets took 0.085 s of a 0.34 s step (``bench/LEARNING.md``, session 8). The pixels are kept
+    compact: Qwen2-VL's patches hold the picture once per temporal patch (twice, for a still image),
+    and the coordinate channels of ``Qwen2VLCoordImageProcessor`` are the same for every picture of one
+    size. A row keeps one copy of its colour channels (150 KB at 112 px) and the patches are rebuilt
+    from it; each row's rebuild is checked against the processor's output when it is kept, and a row
+    that does not rebuild exactly (another processor's layout) keeps its full patches. Pixels stop
+    being kept past ``max_bytes``; batches are the same with or without the cache.
+    """
+
+    def __init__(self, dataset, image_processor, merge: int, max_bytes: int = 2 << 30):
+        self.dataset = dataset
+        self.image_processor = image_processor
+        self.merge = merge
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.targets: dict[int, TokenTargets] = {}
+        self.grids: dict[int, tuple[int, int, int]] = {}
+        self.pixels: dict[int, torch.Tensor] = {}  # compact (n, colours, 1, P) or full (n, D)
+        self.extras: dict[tuple[int, int, int], torch.Tensor] = {}  # per grid: (n, extra, T, P)
+        self.temporal = int(getattr(image_processor, "temporal_patch_size", 1) or 1)
+        self.patch = int(getattr(image_processor, "patch_size", 1) or 1) ** 2
+        self.extra = 2 if getattr(image_processor, "coord_channels", False) else 0
+
+    def _compact(self, grid: tuple[int, int, int], full: torch.Tensor) -> torch.Tensor:
+        n, d = full.shape
+        channels = d // (self.temporal * self.patch)
+        if channels * self.temporal * self.patch != d or channels <= self.extra:
+            return full
+        four = full.view(n, channels, self.temporal, self.patch)
+        if grid not in self.extras:  # the same for every picture of this size, or the check below fails
+            self.extras[grid] = four[:, channels - self.extra :].clone()
+        compact = four[:, : channels - self.extra, :1].clone()
+        return compact if torch.equal(self._rebuild(grid, compact), full) else full
+
+    def _rebuild(self, grid: tuple[int, int, int], kept: torch.Tensor) -> torch.Tensor:
+        if kept.dim() == 2:
+            return kept
+        n = kept.shape[0]
+        colour = kept.expand(-1, -1, self.temporal, -1)
+        return torch.cat([colour, self.extras[grid]], dim=1).reshape(n, -1)
+
+    def batch(self, indices: list[int]):
+        """``(pixel_values, image_grid_thw, targets)`` for the rows ``indices``, in their order."""
+        fresh: dict[int, torch.Tensor] = {}
+        missing = [i for i in dict.fromkeys(indices) if i not in self.targets or i not in self.pixels]
+        if missing:
+            rows = self.dataset[missing]
+            out = self.image_processor(
+                images=[im.convert("RGB") for im in rows["image"]], return_tensors="pt"
+            )
+            grids = [tuple(int(v) for v in g) for g in out["image_grid_thw"].tolist()]
+            pieces = torch.split(out["pixel_values"], [t * h * w for t, h, w in grids])
+            for i, text, grid, piece in zip(missing, rows["scene"], grids, pieces, strict=True):
+                if i not in self.targets:
+                    try:
+                        scene = scene_from_json(text)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise UsageError(f"vision warmup: a row's 'scene' is not a scene ({exc})") from None
+                    self.targets[i] = token_targets(scene, grid[1] // self.merge, grid[2] // self.merge)
+                    self.grids[i] = grid
+                fresh[i] = piece
+                if self.bytes < self.max_bytes:
+                    kept = self._compact(grid, piece)
+                    self.pixels[i] = kept
+                    self.bytes += kept.numel() * kept.element_size()
+        pixels = torch.cat(
+            [fresh[i] if i in fresh else self._rebuild(self.grids[i], self.pixels[i]) for i in indices]
+        )
+        grid = torch.tensor([self.grids[i] for i in indices])
+        return pixels, grid, [self.targets[i] for i in indices]
+
+
 def warmup_vision(
     model,
     image_processor,
@@ -94,11 +171,13 @@ def warmup_vision(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    cache_bytes: int = 2 << 30,
 ) -> list[float]:
     """Train ``model``'s vision tower and merger on the dense scene task for ``steps`` steps, in place.
 
     ``dataset`` needs ``image`` and ``scene`` (JSON) columns, as ``earthshader data`` writes them for
-    synthetic stages. Returns the loss of every step. Only the vision tower's weights change.
+    synthetic stages. Returns the loss of every step. Only the vision tower's weights change. Rows'
+    pixels and targets are kept after their first draw, up to ``cache_bytes`` of pixels (``RowCache``).
     """
     if steps <= 0:
         return []
@@ -114,6 +193,7 @@ def warmup_vision(
     optimizer = torch.optim.AdamW([*params, *head.parameters()], lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     rng = np.random.default_rng(seed)
+    cache = RowCache(dataset, image_processor, merge, max_bytes=cache_bytes)
     dtype = next(visual.parameters()).dtype
     was_training = visual.training
     visual.train()
@@ -121,17 +201,10 @@ def warmup_vision(
     start = time.monotonic()
     bar = tqdm(range(steps), desc="vision warmup", disable=not progress)
     for _ in bar:
-        rows = dataset[rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False).tolist()]
-        batch = image_processor(images=[im.convert("RGB") for im in rows["image"]], return_tensors="pt")
-        grid = batch["image_grid_thw"]
-        try:
-            targets = [
-                token_targets(scene_from_json(text), int(h) // merge, int(w) // merge)
-                for text, (_, h, w) in zip(rows["scene"], grid.tolist(), strict=True)
-            ]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"vision warmup: a row's 'scene' is not a scene ({exc})") from None
-        tokens = model.model.get_image_features(batch["pixel_values"].to(dtype), grid).pooler_output
+        pixels, grid, targets = cache.batch(
+            rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False).tolist()
+        )
+        tokens = model.model.get_image_features(pixels.to(dtype), grid).pooler_output
         tokens = torch.cat(list(tokens)) if isinstance(tokens, tuple | list) else tokens
         out = head(tokens).float()
         types = torch.from_numpy(np.concatenate([t.types for t in targets]))

@@ -87,3 +87,50 @@ def test_warmup_needs_scene_labels(tmp_path, scene_dataset):
     bad = scene_dataset.map(lambda row: {"scene": json.dumps({"op": "circle"})})
     with pytest.raises(UsageError, match="not a scene"):
         warmup_vision(model, processor.image_processor, bad, steps=2, progress=False)
+
+
+def test_row_cache_rebuilds_the_processors_patches_exactly_and_keeps_them_compact(tmp_path, scene_dataset):
+    from earthshader.vision_warmup import RowCache
+
+    processor = models.load_processor(
+        models.EarthShaderModelConfig(model_name_or_path=str(models.build_tiny_model(tmp_path / "tiny")))
+    )
+    ip = processor.image_processor
+    cache = RowCache(scene_dataset, ip, merge=2)
+    order = [5, 0, 17, 5 + 1]
+    first = cache.batch(order)  # every row fresh: the processor's own output
+    again = cache.batch(order)  # every row rebuilt from what was kept
+    direct = ip(images=[scene_dataset[i]["image"].convert("RGB") for i in order], return_tensors="pt")
+    for got in (first, again):
+        assert torch.equal(got[0], direct["pixel_values"]) and torch.equal(got[1], direct["image_grid_thw"])
+        assert [t.types.tolist() for t in got[2]] == [t.types.tolist() for t in first[2]]
+    full_bytes = direct["pixel_values"].numel() * 4
+    assert 0 < cache.bytes <= full_bytes / 3  # one colour copy of 3 of 5 channels, not 2 temporal x 5
+    assert all(kept.dim() == 4 for kept in cache.pixels.values())
+
+    capped = RowCache(scene_dataset, ip, merge=2, max_bytes=1)
+    capped.batch([1, 2])
+    assert torch.equal(capped.batch([2, 1])[0], cache.batch([2, 1])[0])
+    assert len(capped.pixels) == 1  # the budget was spent by the first row kept
+
+
+def test_warmup_with_and_without_the_row_cache_takes_the_same_steps(tmp_path, scene_dataset):
+    path = models.build_tiny_model(tmp_path / "tiny")
+    losses = []
+    for cache_bytes in (0, 2 << 30):
+        model, processor = models.load_model_and_processor(
+            models.EarthShaderModelConfig(model_name_or_path=str(path))
+        )
+        torch.manual_seed(0)  # the head's initialisation
+        losses.append(
+            warmup_vision(
+                model,
+                processor.image_processor,
+                scene_dataset,
+                steps=6,
+                batch_size=8,
+                progress=False,
+                cache_bytes=cache_bytes,
+            )
+        )
+    assert losses[0] == losses[1]
