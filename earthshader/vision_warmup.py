@@ -134,7 +134,7 @@ class RowCache:
     def batch(self, indices: list[int]):
         """``(pixel_values, image_grid_thw, targets)`` for the rows ``indices``, in their order."""
         fresh: dict[int, torch.Tensor] = {}
-        missing = [i for i in dict.fromkeys(indices) if i not in self.targets or i not in self.pixels]
+        missing = [i for i in dict.fromkeys(indices) if i not in self.pixels]  # new, or past the budget
         if missing:
             rows = self.dataset[missing]
             out = self.image_processor(

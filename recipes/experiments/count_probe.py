@@ -24,7 +24,7 @@ for path in sys.argv[2:]:
     tok = proc.tokenizer
     ids = {w: tok(w, add_special_tokens=False)["input_ids"] for w in ("One", "Two")}
     assert all(len(v) == 1 for v in ids.values()), ids
-    p2 = []
+    p2, masses = [], []
     for lo in range(0, 100, 25):
         rows = data.select(range(lo, lo + 25))
         texts = [
@@ -42,12 +42,12 @@ for path in sys.argv[2:]:
         pr = logits.softmax(-1)
         one, two = pr[:, ids["One"][0]], pr[:, ids["Two"][0]]
         p2 += (two / (one + two)).tolist()
-        mass = (one + two).mean().item()
+        masses += (one + two).tolist()
     p2 = np.array(p2)
     right = np.where(n_true == 2, p2, 1 - p2)
     print(
         path,
-        "mass on One/Two %.3f" % mass,
+        "mass on One/Two %.3f" % np.mean(masses),
         "| P(right count): median %.3f, share < 0.5: %.2f, share in [0.2, 0.8]: %.2f"
         % (np.median(right), (right < 0.5).mean(), ((p2 > 0.2) & (p2 < 0.8)).mean()),
         "| singles mean P(two) %.3f, pairs mean P(two) %.3f"
