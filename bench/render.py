@@ -11,11 +11,14 @@ cache is turned off, the pool's cache too).
   llvmpipe (threads per core), one program, one draw, one readback.
 - pool: earthshader.render.RenderPool as shipped (workers = cores, llvmpipe with LLVM's
   optimisation passes off, batches of 32 shaders a program, 8 for shaders with loops, helper
-  functions the shaders of a batch share compiled once, eight shaders drawn at once).
-- variants, for the record: the pool with batches of 1; the pool on softpipe, one at a time; on
-  request (``--ways``), the batches of 16 of before (``pool_batch16``), the pool without sharing the
-  helper functions that shaders of a batch define identically (``pool_nodedupe``), drawing a
-  batch's shaders one a draw instead of eight (``pool_outputs1``), or neither (``pool_neither``).
+  functions the shaders of a batch share compiled once, eight shaders drawn at once, jemalloc in
+  the workers where it is installed).
+- variants, for the record: the pool with glibc's malloc in its workers (``pool_system_malloc``;
+  the same as ``pool`` where jemalloc is not installed); the pool with batches of 1; the pool on
+  softpipe, one at a time; on request (``--ways``), the batches of 16 of before (``pool_batch16``),
+  the pool without sharing the helper functions that shaders of a batch define identically
+  (``pool_nodedupe``), drawing a batch's shaders one a draw instead of eight (``pool_outputs1``),
+  or neither (``pool_neither``).
 
 The last line is one JSON object: sdf_per_s, naive_sdf_per_s, heavy_per_s, naive_heavy_per_s, the
 speedups, the variants, and CPU milliseconds per shader (the pool's workers' and this process's
@@ -132,8 +135,9 @@ WAYS = {
     "pool_nodedupe": {"dedupe": False},
     "pool_outputs1": {"outputs": 1},
     "pool_neither": {"dedupe": False, "outputs": 1},
+    "pool_system_malloc": {"malloc": "system"},  # glibc's malloc in the workers, not jemalloc
 }
-DEFAULT_WAYS = ("naive", "pool", "pool_batch1", "pool_softpipe")
+DEFAULT_WAYS = ("naive", "pool", "pool_system_malloc", "pool_batch1", "pool_softpipe")
 
 
 def sdf_sources(n: int, seed: int = 0) -> list[str]:
@@ -290,9 +294,12 @@ def main() -> None:
     for s in ("sdf", "heavy"):
         put(f"cpu_ms_{s}", cpu, f"pool_{s}")
         put(f"naive_cpu_ms_{s}", cpu, f"naive_{s}")
-        for way in ("pool_batch16", "pool_nodedupe", "pool_outputs1", "pool_neither"):
+        for way in ("pool_system_malloc", "pool_batch16", "pool_nodedupe", "pool_outputs1", "pool_neither"):
             put(f"{way.removeprefix('pool_')}_cpu_ms_{s}", cpu, f"{way}_{s}")
+    if "pool_sdf" in med and "pool_system_malloc_sdf" in med:
+        result["jemalloc_sdf_speedup"] = round(med["pool_sdf"] / med["pool_system_malloc_sdf"], 3)
     result |= {
+        "worker_malloc": pools["pool"].malloc if "pool" in pools else None,
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "steal_median": statistics.median(steal) if steal else None,  # the host's share of our CPUs
         "calibration_ms": calibration,  # before and after: machine/calibration_ms, lower is faster

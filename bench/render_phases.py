@@ -1,7 +1,8 @@
 """Where a batched SDF shader's render time goes: the render worker's own calls, timed in this process.
 
 One thread, llvmpipe with the pool's settings (``earthshader.render.pool.mesa_env``: ``GALLIVM_PERF=nopt``,
-``LP_NUM_THREADS=0``; no shader cache), the worker's ``_Renderer``, Stage-2 scenes (``bench/render.py``'s) in batches of ``--batch``.
+``LP_NUM_THREADS=0``; no shader cache; the workers' allocator, jemalloc where installed, unless
+``EARTHSHADER_RENDER_MALLOC=system``), the worker's ``_Renderer``, Stage-2 scenes (``bench/render.py``'s) in batches of ``--batch``.
 For each batch it times, in CPU seconds of this process: ``combine`` (namespacing, shared helpers),
 ``compile`` (``ctx.program``: Mesa's GLSL front end, NIR, link), ``first_draw`` (llvmpipe JIT-compiles
 the whole program at its first draw, then draws that group), ``other_draws`` and ``readback`` (reading
@@ -15,16 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 from render import sdf_sources
 
 from earthshader.glsl import combine, draw_groups, prepare
-from earthshader.render.pool import mesa_env
+from earthshader.render.pool import mesa_env, worker_malloc
 from earthshader.render.worker import _Renderer
 
 os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"
 mesa_env(os.environ, "llvmpipe")  # the pool's own settings; read when the worker's context is made
+# The pool's allocator too: preloaded before this process starts, so start again with it.
+_malloc = worker_malloc(None, "llvmpipe")
+if _malloc and _malloc not in os.environ.get("LD_PRELOAD", ""):
+    os.environ["LD_PRELOAD"] = " ".join(filter(None, [_malloc, os.environ.get("LD_PRELOAD")]))
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def main() -> None:

@@ -15,3 +15,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(message)
+
+
+class ConfigError(UsageError, ValueError):
+    """A setting the code cannot use (an argument or an environment variable): a one-line
+    :class:`UsageError` at the terminal, a ``ValueError`` to library callers."""

@@ -17,6 +17,7 @@ from conftest import TESTS, assert_images_close, load_png
 
 from earthshader import glsl
 from earthshader.render import RenderPool, RenderResult
+from earthshader.render.pool import find_jemalloc, worker_malloc
 
 GOLDEN = TESTS / "golden"
 ADVERSARIAL = sorted((TESTS / "adversarial").glob("*.glsl"))
@@ -355,6 +356,56 @@ def test_render_cli_writes_png_and_reports_errors(tmp_path):
         run + [str(tmp_path / "nope.glsl"), "-o", str(tmp_path / "x.png")], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+
+    for name, value, words in [
+        ("EARTHSHADER_RENDER_MODE", "bogus", "EARTHSHADER_RENDER_MODE must be"),
+        ("EARTHSHADER_RENDER_MALLOC", str(tmp_path / "nope.so"), "no such file"),
+    ]:
+        env = {**os.environ, name: value}
+        wrong = subprocess.run(
+            run + [str(good), "-o", str(tmp_path / "w.png")], capture_output=True, text=True, env=env
+        )
+        assert wrong.returncode == 2 and words in wrong.stderr, wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "w.png").exists()
+
+
+def _mapped_libraries(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_worker_malloc_choices(tmp_path, monkeypatch):
+    monkeypatch.delenv("EARTHSHADER_RENDER_MALLOC", raising=False)
+    assert worker_malloc("system", "mesa") is None
+    assert worker_malloc("auto", "gpu") is None  # jemalloc is chosen for Mesa only
+    assert worker_malloc(None, "llvmpipe") == find_jemalloc()
+    monkeypatch.setenv("EARTHSHADER_RENDER_MALLOC", "system")
+    assert worker_malloc(None, "mesa") is None
+    library = tmp_path / "liballoc.so"
+    library.write_bytes(b"")
+    assert worker_malloc(str(library), "gpu") == str(library)
+    with pytest.raises(ValueError, match="no such file"):
+        worker_malloc(str(tmp_path / "missing.so"), "mesa")
+
+
+@pytest.mark.skipif(
+    find_jemalloc() is None, reason="jemalloc is not installed (scripts/setup.sh installs it)"
+)
+def test_workers_preload_jemalloc_and_draw_the_same_pixels():
+    """On Mesa the workers run with jemalloc; with the system's malloc they draw the same bytes."""
+    sources = [HALF.format(tag=i) for i in range(3)] + [
+        (GOLDEN / name).read_text() for name in ("sdf_scene.glsl", "gradient.glsl")
+    ]
+    images = {}
+    for malloc in ("auto", "system"):
+        with RenderPool(workers=1, cache_mb=0, malloc=malloc, mode="llvmpipe") as p:
+            results = p.render_many(sources, size=64)
+            assert all(r.ok for r in results)
+            images[malloc] = [r.image for r in results]
+            maps = _mapped_libraries(p.worker_pids()[0])
+        assert ("libjemalloc" in maps) == (malloc == "auto")
+    for a, b in zip(images["auto"], images["system"], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_render_pool_interrupted_leaves_no_worker_behind():

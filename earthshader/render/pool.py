@@ -12,6 +12,8 @@ halves the JIT time that dominates a shader drawn once; and up to ``batch_size``
 compiled into one program, so the JIT's fixed cost per program is shared, and drawn up to eight at
 a time (one colour attachment each), since llvmpipe runs every branch of a program for every pixel.
 Softpipe, Mesa's interpreter, lost on both our SDF scenes and loop-heavy shaders; it remains a mode.
+Mesa's compiler and LLVM allocate and free small objects by the million: on Mesa the workers run with
+jemalloc where it is installed (``libjemalloc2``), which took 15-20% off a shader's CPU time.
 
 A batch that fails as a whole is retried shader by shader, so one bad shader never costs the others
 their result. On a GPU machine the workers use the GPU's EGL device of this process's local rank.
@@ -24,6 +26,7 @@ import logging
 import os
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
+from earthshader.errors import ConfigError
 from earthshader.glsl import MAX_OUTPUTS, check_source, has_loops, prepare
 from earthshader.render.result import RenderResult
 
@@ -60,6 +64,37 @@ def mesa_env(env: MutableMapping[str, str], driver: str) -> MutableMapping[str, 
     return env
 
 
+def find_jemalloc() -> str | None:
+    """The path of jemalloc's shared library where it is installed (Debian: ``libjemalloc2``), else None."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    dirs = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
+    for d in [*dirs, "/usr/lib64", "/usr/lib", "/usr/local/lib"]:
+        path = os.path.join(d, "libjemalloc.so.2")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def worker_malloc(choice: str | None, mode: str) -> str | None:
+    """The allocator library a render worker preloads (``LD_PRELOAD``), or None for the system's.
+
+    ``choice``: ``"auto"`` (the default; also what ``EARTHSHADER_RENDER_MALLOC`` may say): jemalloc
+    on Mesa where it is installed; ``"system"``: glibc's malloc; or the path of a library to preload.
+    Mesa's GLSL compiler and LLVM spend a tenth of a shader's time in glibc's malloc and free;
+    jemalloc took 15-20% off the worker's CPU time a shader (bench/RESULTS.md).
+    """
+    choice = choice or os.environ.get("EARTHSHADER_RENDER_MALLOC") or "auto"
+    if choice == "system":
+        return None
+    if choice == "auto":
+        return find_jemalloc() if mode in ("mesa", *MESA_DRIVERS) else None
+    if not os.path.isfile(choice):
+        raise ConfigError(
+            f"render worker allocator {choice!r}: no such file (use auto, system or a library's path)"
+        )
+    return choice
+
+
 def detect_mode() -> str:
     """``"gpu"`` where an NVIDIA device is visible, else ``"mesa"`` (llvmpipe).
 
@@ -68,7 +103,7 @@ def detect_mode() -> str:
     override = os.environ.get("EARTHSHADER_RENDER_MODE")
     if override:
         if override not in ("gpu", "mesa", *MESA_DRIVERS):
-            raise ValueError(
+            raise ConfigError(
                 f"EARTHSHADER_RENDER_MODE must be gpu, mesa, softpipe or llvmpipe, not {override!r}"
             )
         return override
@@ -100,6 +135,15 @@ class _Worker:
     renderer: str = ""
     renders: int = 0
     started: float = field(default_factory=time.monotonic)
+    rss_checked: float = 0.0  # when the pool last read its memory during a render
+
+    def rss_due(self, now: float, every: float = 0.05) -> bool:
+        """Whether to read the memory again: reading /proc on every message cost the pool ~0.25 ms a
+        shader; a runaway allocation takes seconds to reach the limit."""
+        if now - self.rss_checked < every:
+            return False
+        self.rss_checked = now
+        return True
 
     def rss_bytes(self) -> int:
         try:
@@ -156,6 +200,8 @@ class RenderPool:
             ``EARTHSHADER_RENDER_DEDUPE=0``.
         outputs: most shaders of a batch drawn at once, one colour attachment each (at most
             :data:`earthshader.glsl.MAX_OUTPUTS`); 1 draws them one by one.
+        malloc: the workers' allocator (:func:`worker_malloc`): ``"auto"`` (jemalloc on Mesa where
+            installed), ``"system"``, or a library's path. None: ``EARTHSHADER_RENDER_MALLOC``, else auto.
     """
 
     def __init__(
@@ -172,6 +218,7 @@ class RenderPool:
         loop_batch_size: int = 8,
         dedupe: bool | None = None,
         outputs: int = MAX_OUTPUTS,
+        malloc: str | None = None,
     ):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.compile_timeout = compile_timeout
@@ -187,6 +234,7 @@ class RenderPool:
             dedupe = os.environ.get("EARTHSHADER_RENDER_DEDUPE", "1") != "0"
         self.dedupe = dedupe
         self.outputs = max(1, min(outputs, MAX_OUTPUTS))
+        self.malloc = worker_malloc(malloc, self.mode)  # the library workers preload, None: the system's
         self.stats = PoolStats()
         self._idle: dict[str, list[_Worker]] = {}
         self._cache: OrderedDict[tuple[str, int, float], RenderResult] = OrderedDict()
@@ -284,6 +332,8 @@ class RenderPool:
             mesa_env(env, driver)
         else:
             env["EARTHSHADER_EGL_DEVICE"] = os.environ.get("LOCAL_RANK", "0")
+        if self.malloc:
+            env["LD_PRELOAD"] = " ".join(filter(None, [self.malloc, env.get("LD_PRELOAD")]))
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         proc = subprocess.Popen(
@@ -484,7 +534,7 @@ class RenderPool:
                     limit = self.compile_timeout if batch.phase == "compile" else self.draw_timeout
                     msg = f"{batch.phase} exceeded {limit:g} s"
                     self._settle_failure(batch, "timeout", msg, now, queue, done)
-                elif w.rss_bytes() > self.max_worker_bytes:
+                elif w.rss_due(now) and w.rss_bytes() > self.max_worker_bytes:
                     del running[fd]
                     mb = w.rss_bytes() // 2**20
                     self._kill(w)
