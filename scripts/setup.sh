@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything `make demo` and `make test` need, idempotently:
 #   1. Mesa's EGL/GL libraries (apt-get) when they are missing, and jemalloc, which the render
-#      workers use where it is installed (15-20% less CPU a shader; optional: a failure is reported),
+#      workers use where it is installed (~1.08x the shaders a second; optional: a failure is reported),
 #   2. a virtual environment in .venv,
 #   3. PyTorch: a CUDA build already on the system is kept; otherwise the CPU build torch==2.13.0
 #      (never an unpinned torch, which would pull several GB of CUDA packages),

@@ -13,7 +13,8 @@ compiled into one program, so the JIT's fixed cost per program is shared, and dr
 a time (one colour attachment each), since llvmpipe runs every branch of a program for every pixel.
 Softpipe, Mesa's interpreter, lost on both our SDF scenes and loop-heavy shaders; it remains a mode.
 Mesa's compiler and LLVM allocate and free small objects by the million: on Mesa the workers run with
-jemalloc where it is installed (``libjemalloc2``), which took 15-20% off a shader's CPU time.
+jemalloc where it is installed (``libjemalloc2``): 18% less CPU a shader in one process, 1.08x the
+shaders a second in the pool (bench/RESULTS.md).
 
 A batch that fails as a whole is retried shader by shader, so one bad shader never costs the others
 their result. On a GPU machine the workers use the GPU's EGL device of this process's local rank.
@@ -81,7 +82,8 @@ def worker_malloc(choice: str | None, mode: str) -> str | None:
     ``choice``: ``"auto"`` (the default; also what ``EARTHSHADER_RENDER_MALLOC`` may say): jemalloc
     on Mesa where it is installed; ``"system"``: glibc's malloc; or the path of a library to preload.
     Mesa's GLSL compiler and LLVM spend a tenth of a shader's time in glibc's malloc and free;
-    jemalloc took 15-20% off the worker's CPU time a shader (bench/RESULTS.md).
+    jemalloc took 18% off a worker's CPU time a shader alone, and gave the pool 1.08x the shaders a
+    second (a median of four runs of bench/render.py; bench/RESULTS.md).
     """
     choice = choice or os.environ.get("EARTHSHADER_RENDER_MALLOC") or "auto"
     if choice == "system":
