@@ -693,11 +693,16 @@ def patch_embed_as_linear(model) -> int:
     return changed
 
 
+def is_vision_parameter(name: str) -> bool:
+    """Whether a Qwen2-VL parameter (a PEFT model's too) belongs to the vision tower or its merger."""
+    return ".visual." in f".{name}"  # "visual.*" and "*.visual.*"
+
+
 def freeze_vision_tower(model) -> int:
     """Stop training the vision tower and its merger (a PEFT model too); returns the tensors frozen."""
     frozen = 0
     for name, param in model.named_parameters():
-        if ".visual." in f".{name}" and param.requires_grad:  # "visual.*" and "*.visual.*"
+        if is_vision_parameter(name) and param.requires_grad:
             param.requires_grad_(False)
             frozen += 1
     return frozen

@@ -98,6 +98,14 @@ class EarthShaderSFTConfig(SFTConfig):
             "much of where things are that the warmup taught it (bench/LEARNING.md, onetok_frozen)."
         },
     )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the vision tower and its merger in SFT, when they train (the "
+            "schedule scales it as it scales learning_rate); default: learning_rate. A warmed tower trained "
+            "at the language model's rate loses where things are (bench/LEARNING.md, onetok)."
+        },
+    )
     compile_language_model: bool = field(
         default=False,
         metadata={
@@ -315,6 +323,28 @@ class WeightedSFTTrainer(SFTTrainer):
             data_collator = WeightedVLMCollator(processing_class, config.weights(), config.max_length)
         self._staging_dir: str | None = None
         super().__init__(*args, data_collator=data_collator, **kwargs)
+
+    # -- the optimizer
+
+    def create_optimizer(self):
+        """TRL's optimizer, with the vision tower's parameters at ``vision_learning_rate`` when set."""
+        optimizer = super().create_optimizer()
+        lr = self.args.vision_learning_rate
+        if lr is None or lr == self.args.learning_rate:
+            return optimizer
+        from earthshader.models import is_vision_parameter
+
+        vision = {id(p) for name, p in self.model.named_parameters() if is_vision_parameter(name)}
+        groups = []
+        for group in optimizer.param_groups:
+            for is_vision in (False, True):
+                params = [p for p in group["params"] if (id(p) in vision) == is_vision]
+                if params:
+                    groups.append({**group, "params": params, "lr": lr if is_vision else group["lr"]})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # -- the loss
 

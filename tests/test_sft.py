@@ -52,7 +52,8 @@ def _trainer(tiny_path, dataset, tmp_path, **overrides) -> WeightedSFTTrainer:
     model, processor = models.load_model_and_processor(
         models.EarthShaderModelConfig(model_name_or_path=str(tiny_path))
     )
-    args = EarthShaderSFTConfig(output_dir=str(tmp_path / "run"), report_to="none", max_steps=1, **overrides)
+    overrides = {"max_steps": 1, **overrides}
+    args = EarthShaderSFTConfig(output_dir=str(tmp_path / "run"), report_to="none", **overrides)
     return WeightedSFTTrainer(
         model=model,
         args=args,
@@ -144,6 +145,33 @@ def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the case under test is a machine with no GPU")
+def test_vision_learning_rate_trains_the_tower_at_its_own_rate(tiny_path, dataset, tmp_path):
+    """With vision_learning_rate the tower and merger sit in optimizer groups of their own rate, which
+    the schedule scales as it scales the rest; every trainable tensor is in exactly one group."""
+    trainer = _trainer(
+        tiny_path,
+        dataset,
+        tmp_path,
+        learning_rate=1e-3,
+        vision_learning_rate=1e-5,
+        warmup_steps=0,
+        max_steps=2,
+    )
+    trainer.train()
+    named = dict(trainer.model.named_parameters())
+    vision = {id(p) for n, p in named.items() if models.is_vision_parameter(n)}
+    assert vision and all(named[n].requires_grad for n in named)
+    grouped = [id(p) for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in named.values())
+    factors = set()
+    for group in trainer.optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= vision or not ids & vision  # no group mixes the two
+        assert group["initial_lr"] == pytest.approx(1e-5 if ids <= vision else 1e-3)
+        factors.add(round(group["lr"] / group["initial_lr"], 9))
+    assert len(factors) == 1 and factors.pop() < 1  # the schedule moved every group alike
+
+
 def test_bf16_without_a_gpu_trains_in_cpu_autocast(tiny_path, dataset, tmp_path):
     # transformers refuses bf16 with no GPU unless use_cpu is set; the config sets it, and the step runs
     # in bf16 autocast: its loss is close to the fp32 one on the same batch, but not bit-equal.
