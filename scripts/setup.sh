@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
+# Read the linker's cache once: `ldconfig -p | grep -q` fails under pipefail when grep stops early.
+libs=$(ldconfig -p 2>/dev/null || true)
 need_gl=0
 for lib in libEGL.so.1 libEGL_mesa.so.0 libGLESv2.so.2 libGL.so.1; do
-  ldconfig -p 2>/dev/null | grep -q "$lib" || need_gl=1
+  grep -q "$lib" <<<"$libs" || need_gl=1
 done
 if [ "$need_gl" = 1 ]; then
   echo "setup: installing Mesa's EGL libraries"
@@ -21,7 +23,7 @@ if [ "$need_gl" = 1 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 >/dev/null
 fi
-if ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
+if ! grep -q libjemalloc.so.2 <<<"$libs"; then
   echo "setup: installing jemalloc for the render workers (optional)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"  # never wait at a password prompt for an option
   if ! { timeout 300 $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 \
