@@ -22,7 +22,7 @@ import time
 from render import sdf_sources
 
 from earthshader.glsl import combine, draw_groups, prepare
-from earthshader.render.pool import mesa_env, worker_malloc
+from earthshader.render.pool import mesa_env, preload, worker_malloc
 from earthshader.render.worker import _Renderer
 
 os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"
@@ -30,7 +30,7 @@ mesa_env(os.environ, "llvmpipe")  # the pool's own settings; read when the worke
 # The pool's allocator too: preloaded before this process starts, so start again with it.
 _malloc = worker_malloc(None, "llvmpipe")
 if _malloc and _malloc not in os.environ.get("LD_PRELOAD", ""):
-    os.environ["LD_PRELOAD"] = " ".join(filter(None, [_malloc, os.environ.get("LD_PRELOAD")]))
+    preload(os.environ, _malloc)
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 

@@ -97,6 +97,12 @@ def worker_malloc(choice: str | None, mode: str) -> str | None:
     return choice
 
 
+def preload(env: MutableMapping[str, str], library: str) -> MutableMapping[str, str]:
+    """Put ``library`` first in ``env``'s ``LD_PRELOAD``, keeping what was there; returns ``env``."""
+    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
+    return env
+
+
 def detect_mode() -> str:
     """``"gpu"`` where an NVIDIA device is visible, else ``"mesa"`` (llvmpipe).
 
@@ -335,7 +341,7 @@ class RenderPool:
         else:
             env["EARTHSHADER_EGL_DEVICE"] = os.environ.get("LOCAL_RANK", "0")
         if self.malloc:
-            env["LD_PRELOAD"] = " ".join(filter(None, [self.malloc, env.get("LD_PRELOAD")]))
+            preload(env, self.malloc)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         proc = subprocess.Popen(
@@ -536,9 +542,9 @@ class RenderPool:
                     limit = self.compile_timeout if batch.phase == "compile" else self.draw_timeout
                     msg = f"{batch.phase} exceeded {limit:g} s"
                     self._settle_failure(batch, "timeout", msg, now, queue, done)
-                elif w.rss_due(now) and w.rss_bytes() > self.max_worker_bytes:
+                elif w.rss_due(now) and (rss := w.rss_bytes()) > self.max_worker_bytes:
                     del running[fd]
-                    mb = w.rss_bytes() // 2**20
+                    mb = rss // 2**20
                     self._kill(w)
                     self._settle_failure(
                         batch, "crash", f"worker memory passed {mb} MiB ({batch.phase})", now, queue, done
