@@ -200,9 +200,16 @@ class _Candidate:
 
 
 def _candidates(
-    spec: Stage, seed: int, start: int, stop: int, seen: set, config: FilterConfig
+    spec: Stage,
+    seed: int,
+    start: int,
+    stop: int,
+    seen: set,
+    config: FilterConfig,
+    held_out: frozenset[str] = frozenset(),
 ) -> list[_Candidate]:
-    """Candidates ``start..stop-1``: drawn, deduplicated (against every earlier index) and checked in NumPy."""
+    """Candidates ``start..stop-1``: drawn, deduplicated (against every earlier index), kept apart from
+    ``held_out`` (scenes as their JSON) and checked in NumPy."""
     printer = PRINTERS[spec.printer]
     out = []
     for index in range(start, stop):
@@ -211,6 +218,9 @@ def _candidates(
             out.append(_Candidate(index, scene, "duplicate"))
             continue
         seen.add(scene)
+        if held_out and printer.to_json(scene) in held_out:
+            out.append(_Candidate(index, scene, "held_out"))
+            continue
         # 2D SDF scenes are checked before rendering; other families go straight to the image check
         reason = scene_rejection(scene, config) if isinstance(scene, Scene) else None
         out.append(_Candidate(index, scene, reason, printer.to_glsl(scene) if reason is None else ""))
@@ -282,6 +292,7 @@ def generate(
     overlap: bool = True,
     grid: float | None = None,
     max_shapes: int | None = None,
+    held_out: frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], Summary]:
     """The first ``num_samples`` candidates of a stage (in index order) that pass the filter, as rows.
 
@@ -301,6 +312,8 @@ def generate(
         progress: show a tqdm bar.
         overlap: draw the next batch while the current one renders.
         grid, max_shapes: the stage with a coarser grid or fewer shapes (:func:`stage_variant`).
+        held_out: scenes (as the ``scene`` column writes them) never to keep: another dataset's test
+            split (:func:`held_out_scenes`), so that a model trained on both is audited on unseen scenes.
 
     Returns:
         The rows and a :class:`Summary`; rejections are counted up to the last kept candidate only, so
@@ -329,7 +342,7 @@ def generate(
             )
         needed = max(num_samples - expected_rows, 1.0)
         batch = min(max_batch, max(8, math.ceil(1.1 * needed / max(accept_rate, 0.05))))
-        out = _candidates(spec, seed, next_index, next_index + batch, seen, config)
+        out = _candidates(spec, seed, next_index, next_index + batch, seen, config, held_out)
         next_index += batch
         return out
 
@@ -382,6 +395,19 @@ def generate(
     summary.other_seconds = time.perf_counter() - start - summary.render_seconds
     logger.info("%s", summary.line())
     return rows, summary
+
+
+def held_out_scenes(path: str | os.PathLike) -> frozenset[str]:
+    """The scenes of a dataset folder's test split (as its ``scene`` column holds them)."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--holdout-from {path}: not a dataset folder written by `earthshader data`") from exc
+    if not isinstance(data, DatasetDict) or "test" not in data or "scene" not in data["test"].column_names:
+        raise UsageError(f"--holdout-from {path}: no test split with a scene column")
+    return frozenset(s for s in data["test"]["scene"] if s != "null")
 
 
 def _row(c: _Candidate, image: np.ndarray, spec: Stage, stage: int, seed: int) -> dict[str, Any]:
@@ -652,6 +678,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of rows in the test split")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     p.add_argument("--workers", type=int, help="render worker processes (default: one per CPU core)")
+    p.add_argument(
+        "--holdout-from",
+        metavar="DATASET",
+        help="never keep a scene of this dataset's test split (to train on both and audit on unseen scenes)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     return p
 
@@ -676,7 +707,10 @@ def cli_main(argv: list[str]) -> int:
         stage_variant(args.stage, grid=args.grid, max_shapes=args.max_shapes)  # fail before any worker starts
     elif args.grid is not None or args.max_shapes is not None:
         raise UsageError("--grid and --max-shapes apply to a --stage, not to --from-shadereval")
+    elif args.holdout_from is not None:
+        raise UsageError("--holdout-from applies to a --stage, not to --from-shadereval")
     check_output(args.out, args.overwrite)
+    held_out = held_out_scenes(args.holdout_from) if args.holdout_from is not None else frozenset()
     if args.from_shadereval is not None:
         read_table(args.from_shadereval)  # fail on an unreadable file before starting any worker
 
@@ -695,9 +729,12 @@ def cli_main(argv: list[str]) -> int:
                 render_many=render,
                 grid=args.grid,
                 max_shapes=args.max_shapes,
+                held_out=held_out,
             )
             meta = {"command": "data", "stage": args.stage, "num_samples": num}
             meta.update({"grid": args.grid, "max_shapes": args.max_shapes})
+            if args.holdout_from is not None:
+                meta.update({"holdout_from": str(Path(args.holdout_from).resolve()), "held_out": len(held_out)})
         else:
             rows, summary = ingest_shadereval(
                 args.from_shadereval,

@@ -33,7 +33,8 @@ MARKER = ".earthshader-demo"
 class DemoSettings:
     """How big each step is. The full settings fit the 60-minute budget on a 2-core CPU."""
 
-    samples: int  # rows of each dataset (single shapes; the mix), test rows included
+    samples: int  # rows of the single-shape dataset, test rows included
+    mix_samples: int  # rows of the 1-or-2-shape mix, test rows included
     test_rows: int  # held-out rows of each dataset; the audits read the mix's
     sft_steps: int | None  # steps of each SFT step; None: the recipes' own
     warmup_steps: int | None  # vision warmup steps; None: the recipe's own
@@ -44,7 +45,8 @@ class DemoSettings:
 
 GRID = "0.05"  # spacing of every centre and size: 25 values per axis, not 121 (bench/LEARNING.md)
 FULL = DemoSettings(
-    samples=8100,
+    samples=16200,
+    mix_samples=24300,
     test_rows=100,
     sft_steps=None,
     warmup_steps=None,
@@ -54,6 +56,7 @@ FULL = DemoSettings(
 )
 QUICK = DemoSettings(
     samples=64,
+    mix_samples=64,
     test_rows=8,
     sft_steps=10,
     warmup_steps=4,
@@ -99,14 +102,19 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
     sft_one_dir, sft_dir, grpo_dir = runs / "sft-one", runs / "sft", runs / "grpo"
     started = time.monotonic()
 
-    for folder, extra, what in ((one, ["--max-shapes", "1"], "single shapes"), (data, [], "1 or 2 shapes")):
+    # The mix first: its test split is the audits' held-out set, which the single shapes must not hold
+    # (at grid 0.05 there are few single-shape scenes, and 16,200 of them would take in most test ones).
+    for folder, extra, what, samples in (
+        (data, [], "1 or 2 shapes", settings.mix_samples),
+        (one, ["--max-shapes", "1", "--holdout-from", str(data)], "single shapes", settings.samples),
+    ):
         _step(
-            f"data: {settings.samples} Stage-1 samples, {what}, grid {GRID}",
+            f"data: {samples} Stage-1 samples, {what}, grid {GRID}",
             _run_cli,
             "earthshader.data",
             [
-                *("--stage", "1", "--grid", GRID, *extra, "--num-samples", str(settings.samples)),
-                *("--test-fraction", f"{settings.test_rows / settings.samples:.6f}"),
+                *("--stage", "1", "--grid", GRID, *extra, "--num-samples", str(samples)),
+                *("--test-fraction", f"{settings.test_rows / samples:.6f}"),
                 *("--seed", "0", "--out", str(folder)),
             ],
         )

@@ -95,3 +95,27 @@ def test_default_sft_recipe_first_steps_lower_loss_on_fixed_batch(stage1, tmp_pa
         f"{STEPS} steps of the default recipe took the fixed-batch loss only from {before:.3f} "
         f"to {after:.3f} ({seconds:.1f} s of training)"
     )
+
+
+def test_mix_recipe_trains_the_warmed_tower_at_a_tenth_of_the_rate(stage1, tmp_path):
+    """recipes/tiny/sft_mix.yaml, as `earthshader sft` parses it: the tower and merger train, in
+    optimizer groups of their own at the recipe's vision_learning_rate, below the language model's."""
+    script_args, training_args, model_args = sft.parse_args(
+        [
+            *("--config", str(ROOT / "recipes" / "tiny" / "sft_mix.yaml")),
+            *("--model_name_or_path", "tiny", "--dataset_path", str(stage1)),
+            *("--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_strategy", "no"),
+            *("--report_to", "none", "--compile_language_model", "false"),
+        ]
+    )
+    assert model_args.train_vision_tower
+    assert 0 < training_args.vision_learning_rate < training_args.learning_rate
+    script_args.max_train_samples = training_args.per_device_train_batch_size
+    trainer = sft.build_trainer(script_args, training_args, model_args)
+    sft.prepare_vision(trainer, script_args, training_args, tmp_path / "run")
+    tower = {n: p.detach().clone() for n, p in trainer.model.model.visual.named_parameters()}
+    trainer.train()
+    moved = [n for n, p in trainer.model.model.visual.named_parameters() if not torch.equal(p, tower[n])]
+    assert moved, "the mix recipe left the vision tower where it was"
+    rates = {g["initial_lr"] for g in trainer.optimizer.param_groups if g["params"]}
+    assert rates == {training_args.learning_rate, training_args.vision_learning_rate}
