@@ -140,6 +140,28 @@ def test_generate_on_a_coarser_grid_with_single_shapes():
     assert {len(scene_from_json(r["scene"]).shapes) for r in plain} == {1, 2}
 
 
+def test_data_cli_holdout_from_keeps_another_datasets_test_scenes_out(tmp_path):
+    """The demo's single shapes are drawn after the mix and never hold one of the mix's test scenes,
+    which at grid 0.05, with few single-shape scenes to draw from, they otherwise would."""
+    mix, one, plain = tmp_path / "mix", tmp_path / "one", tmp_path / "plain"
+    common = ("--stage", "1", "--grid", "0.05", "--size", "32", "--seed", "0")
+    assert _build(mix, *common, "--num-samples", "300", "--test-fraction", "0.3") == 0
+    single = (*common, "--max-shapes", "1", "--num-samples", "600")
+    assert _build(plain, *single) == 0
+    assert _build(one, *single, "--holdout-from", str(mix)) == 0
+
+    def scenes(path, splits=("train", "test")):
+        data = load_from_disk(str(path))
+        return {s for split in splits for s in data[split]["scene"]}
+
+    test = scenes(mix, ["test"])
+    assert scenes(plain) & test  # without it the leak is there
+    assert not scenes(one) & test
+    meta = json.loads((one / "earthshader_data.json").read_text())
+    assert meta["summary"]["rejected"]["held_out"] == len(scenes(plain) & test) > 0
+    assert meta["held_out"] == len(test)
+
+
 @pytest.mark.parametrize(
     ("scene", "reason"),
     [
@@ -194,6 +216,8 @@ def test_image_rejection_catches_near_uniform_images():
         (["--stage", "1", "--max-shapes", "3"], "--max-shapes must be in 1..2"),
         (["--stage", "1", "--max-shapes", "0"], "--max-shapes must be in 1..2"),
         (["--from-shadereval", str(FIXTURE), "--grid", "0.05"], "apply to a --stage"),
+        (["--from-shadereval", str(FIXTURE), "--holdout-from", str(FIXTURE)], "applies to a --stage"),
+        (["--stage", "1", "--holdout-from", "/nonexistent/dataset"], "not a dataset folder"),
     ],
 )
 def test_data_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
