@@ -87,6 +87,13 @@ class FilterConfig:
         default=0.003,
         metadata={"help": "Least fraction of pixels that change when any one shape is removed."},
     )
+    min_visible_share: float = field(
+        default=0.3,
+        metadata={
+            "help": "In a scene of unions, least share of each shape's own on-screen area that changes "
+            "when it is removed: a shape mostly under another cannot be told from the picture."
+        },
+    )
     contrast: float = field(
         default=0.1, metadata={"help": "Colour distance (max over RGB) from the dominant colour that counts."}
     )
@@ -110,8 +117,9 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
 
     Runs the scene's distance functions in NumPy on a coarse grid: each shape must lie mostly inside
     the frame and be large enough to see, the whole must cover a sensible part of the frame, and
-    every shape must change the picture (a subtraction that misses, a shape under another, an
-    intersection that cuts nothing away all teach the model to write what it cannot see).
+    every shape must change the picture, over at least ``min_visible_share`` of its own area (a
+    subtraction that misses, a shape mostly under another, an intersection that cuts nothing away
+    all teach the model to write what it cannot see).
     """
     x, y = pixel_grid(config.grid, np.float32)  # float32 is plenty for counting pixels, and faster
     pixel_area = (2.0 / config.grid) ** 2  # the frame spans 2 x 2 uv units
@@ -130,8 +138,14 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
     if fraction > config.max_foreground:
         return "too_large"
     if len(scene.shapes) > 1:
-        for i in range(len(scene.shapes)):
-            if float((inside_mask(scene, fields_, skip=i) != inside).mean()) < config.min_shape_effect:
+        # Under unions a shape shows where no other covers it; a subtraction or an intersection shows
+        # only where it cuts, which the frame-wide test covers.
+        unions = all(op.kind == "union" for op in scene.ops)
+        for i, d in enumerate(fields_):
+            changed = np.count_nonzero(inside_mask(scene, fields_, skip=i) != inside)
+            if changed < config.min_shape_effect * inside.size:
+                return "hidden_shape"
+            if unions and changed < config.min_visible_share * np.count_nonzero(d < 0.0):
                 return "hidden_shape"
     return None
 

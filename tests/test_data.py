@@ -186,6 +186,17 @@ def test_scene_rejection_reasons(scene, reason):
     assert scene_rejection(scene) == reason
 
 
+def test_scene_rejection_drops_a_shape_mostly_under_another():
+    """Under a union, a shape must show over 30% of its own area: the audit's misses on pairs were
+    all such pairs (bench/LEARNING.md, session 11). A subtraction shows only where it cuts."""
+    big = Circle(0.0, 0.0, 0.5)
+    under = Scene(shapes=(big, Circle(0.4, 0.0, 0.2)), ops=(Op("union"),))
+    assert scene_rejection(under) == "hidden_shape"
+    assert scene_rejection(under, FilterConfig(min_visible_share=0.0)) is None
+    assert scene_rejection(Scene(shapes=(big, Circle(0.45, 0.0, 0.2)), ops=(Op("union"),))) is None
+    assert scene_rejection(Scene(shapes=(big, Circle(0.6, 0.0, 0.2)), ops=(Op("subtract"),))) is None
+
+
 def test_image_rejection_catches_near_uniform_images():
     rng = np.random.default_rng(0)
     flat = np.full((64, 64, 3), 0.3, dtype=np.float32)

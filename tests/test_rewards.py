@@ -194,3 +194,28 @@ def test_to_target_converts_like_a_render():
         assert 0.0 <= image.min() and image.max() <= 1.0
         np.testing.assert_allclose(image, from_pil, atol=1.5 / 255)
     assert to_target([Image.fromarray(grey)], 32).shape == (32, 32, 3)  # an `images` column's list
+
+
+def test_shapes_reward_scores_the_drawn_types_against_the_scene():
+    """A pair drawn as one shape pays under IoU, where a misplaced second shape costs more; the shapes
+    reward ranks them the other way, and stays out of rows without a scene."""
+    from earthshader.scenes import Box, Circle, Op, Scene, scene_to_json, to_glsl
+
+    def scene(*shapes):
+        return Scene(shapes=shapes, ops=tuple(Op("union") for _ in shapes[1:]))
+
+    truth = scene(Circle(-0.4, 0.0, 0.35), Box(0.45, 0.0, 0.12, 0.12))
+    dropped = scene(Circle(-0.4, 0.0, 0.35))
+    misplaced = scene(Circle(-0.4, 0.0, 0.35), Box(0.45, 0.7, 0.12, 0.12))
+    wrong_type = scene(Circle(-0.4, 0.0, 0.35), Circle(0.45, 0.0, 0.12))
+    drawn = [truth, dropped, misplaced, wrong_type]
+    completions = [turn(to_glsl(s)) for s in drawn] + [turn(COMPILE_ERROR), turn(TWO_CIRCLES)]
+    target = render(to_glsl(truth), size=SIZE)
+    assert target.ok, target.message
+    funcs = get_reward_funcs(["iou", "shapes"], size=SIZE)
+    kwargs = dict(completions=completions, image=[target.image] * 6, scene=[scene_to_json(truth)] * 6)
+    iou, shapes = (f(**kwargs) for f in funcs)
+    assert iou[1] > iou[2]  # pixels: leaving the box out beats drawing it in the wrong place
+    assert shapes[:4] == [1.0, pytest.approx(2 / 3), 1.0, 0.5]
+    assert shapes[4:] == [0.0, 0.0]  # does not compile; not the canonical form the parser reads
+    assert funcs[1](completions=completions[:1], scene=[None]) == [None]
