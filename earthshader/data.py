@@ -418,7 +418,9 @@ def held_out_scenes(path: str | os.PathLike) -> frozenset[str]:
     try:
         data = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(f"--holdout-from {path}: not a dataset folder written by `earthshader data`") from exc
+        raise UsageError(
+            f"--holdout-from {path}: not a dataset folder written by `earthshader data`"
+        ) from exc
     if not isinstance(data, DatasetDict) or "test" not in data or "scene" not in data["test"].column_names:
         raise UsageError(f"--holdout-from {path}: no test split with a scene column")
     return frozenset(s for s in data["test"]["scene"] if s != "null")
@@ -748,7 +750,9 @@ def cli_main(argv: list[str]) -> int:
             meta = {"command": "data", "stage": args.stage, "num_samples": num}
             meta.update({"grid": args.grid, "max_shapes": args.max_shapes})
             if args.holdout_from is not None:
-                meta.update({"holdout_from": str(Path(args.holdout_from).resolve()), "held_out": len(held_out)})
+                meta.update(
+                    {"holdout_from": str(Path(args.holdout_from).resolve()), "held_out": len(held_out)}
+                )
         else:
             rows, summary = ingest_shadereval(
                 args.from_shadereval,

@@ -173,7 +173,8 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
     ]
     if settings.grpo_steps is not None:
         grpo_argv += ["--max_steps", str(settings.grpo_steps), "--save_steps", str(settings.grpo_steps)]
-        grpo_argv += ["--plot_every", "1", "--gradient_accumulation_steps", "1"]  # a smoke run: one batch a step
+        # A smoke run: one batch a step, a plot each step.
+        grpo_argv += ["--plot_every", "1", "--gradient_accumulation_steps", "1"]
     _step("grpo: render-in-the-loop RL (recipes/tiny/grpo.yaml)", _run_cli, "earthshader.grpo", grpo_argv)
 
     grpo_report = _step(
