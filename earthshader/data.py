@@ -124,8 +124,9 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
     x, y = pixel_grid(config.grid, np.float32)  # float32 is plenty for counting pixels, and faster
     pixel_area = (2.0 / config.grid) ** 2  # the frame spans 2 x 2 uv units
     fields_ = [shape.sdf(x, y) for shape in scene.shapes]
-    for shape, d in zip(scene.shapes, fields_, strict=True):
-        on_screen = np.count_nonzero(d < 0.0) * pixel_area
+    own_pixels = [np.count_nonzero(d < 0.0) for d in fields_]  # each shape's on-screen area, in pixels
+    for shape, pixels in zip(scene.shapes, own_pixels, strict=True):
+        on_screen = pixels * pixel_area
         if on_screen < config.min_on_screen * shape.area():
             return "off_screen"
         if on_screen < config.min_shape_area * 4.0:
@@ -141,11 +142,11 @@ def scene_rejection(scene: Scene, config: FilterConfig = FilterConfig()) -> str 
         # Under unions a shape shows where no other covers it; a subtraction or an intersection shows
         # only where it cuts, which the frame-wide test covers.
         unions = all(op.kind == "union" for op in scene.ops)
-        for i, d in enumerate(fields_):
+        for i, pixels in enumerate(own_pixels):
             changed = np.count_nonzero(inside_mask(scene, fields_, skip=i) != inside)
             if changed < config.min_shape_effect * inside.size:
                 return "hidden_shape"
-            if unions and changed < config.min_visible_share * np.count_nonzero(d < 0.0):
+            if unions and changed < config.min_visible_share * pixels:
                 return "hidden_shape"
     return None
 

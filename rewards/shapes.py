@@ -54,8 +54,6 @@ def shapes_reward(
 
     batch = prepare(completions, None, kwargs, renders)
     truths = [_true_types(s) for s in scene] if scene is not None else [None] * len(batch.codes)
-    if len(truths) != len(batch.codes):
-        raise ValueError(f"{len(truths)} scenes for {len(batch.codes)} completions")
     scores: list[float | None] = []
     for code, result, truth in zip(batch.codes, batch.results, truths, strict=True):
         if truth is None:
