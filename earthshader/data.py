@@ -412,19 +412,27 @@ def generate(
     return rows, summary
 
 
-def held_out_scenes(path: str | os.PathLike) -> frozenset[str]:
-    """The scenes of a dataset folder's test split (as its ``scene`` column holds them)."""
+def held_out_scenes(
+    path: str | os.PathLike, splits: tuple[str, ...] = ("test",), flag: str = "--holdout-from"
+) -> frozenset[str]:
+    """The scenes of some splits of a dataset folder (as its ``scene`` column holds them).
+
+    ``flag`` names the option that gave ``path``, for the one-line error on a folder that is not a
+    dataset of `earthshader data` or lacks one of ``splits``."""
     from datasets import DatasetDict, load_from_disk
 
     try:
         data = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(
-            f"--holdout-from {path}: not a dataset folder written by `earthshader data`"
-        ) from exc
-    if not isinstance(data, DatasetDict) or "test" not in data or "scene" not in data["test"].column_names:
-        raise UsageError(f"--holdout-from {path}: no test split with a scene column")
-    return frozenset(s for s in data["test"]["scene"] if s != "null")
+        raise UsageError(f"{flag} {path}: not a dataset folder written by `earthshader data`") from exc
+    if not isinstance(data, DatasetDict):
+        raise UsageError(f"{flag} {path}: not a dataset folder written by `earthshader data`")
+    scenes: set[str] = set()
+    for split in splits:
+        if split not in data or "scene" not in data[split].column_names:
+            raise UsageError(f"{flag} {path}: no {split} split with a scene column")
+        scenes.update(s for s in data[split]["scene"] if s != "null")
+    return frozenset(scenes)
 
 
 def _row(c: _Candidate, image: np.ndarray, spec: Stage, stage: int, seed: int) -> dict[str, Any]:
@@ -700,6 +708,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DATASET",
         help="never keep a scene of this dataset's test split (to train on both and audit on unseen scenes)",
     )
+    p.add_argument(
+        "--exclude-from",
+        metavar="DATASET",
+        action="append",
+        default=[],
+        help="never keep a scene of any split of this dataset (repeatable): with --test-fraction 0.999, "
+        "an audit set that models trained on these never saw",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     return p
 
@@ -724,10 +740,12 @@ def cli_main(argv: list[str]) -> int:
         stage_variant(args.stage, grid=args.grid, max_shapes=args.max_shapes)  # fail before any worker starts
     elif args.grid is not None or args.max_shapes is not None:
         raise UsageError("--grid and --max-shapes apply to a --stage, not to --from-shadereval")
-    elif args.holdout_from is not None:
-        raise UsageError("--holdout-from applies to a --stage, not to --from-shadereval")
+    elif args.holdout_from is not None or args.exclude_from:
+        raise UsageError("--holdout-from and --exclude-from apply to a --stage, not to --from-shadereval")
     check_output(args.out, args.overwrite)
     held_out = held_out_scenes(args.holdout_from) if args.holdout_from is not None else frozenset()
+    for path in args.exclude_from:
+        held_out |= held_out_scenes(path, ("train", "test"), "--exclude-from")
     if args.from_shadereval is not None:
         read_table(args.from_shadereval)  # fail on an unreadable file before starting any worker
 
@@ -751,9 +769,11 @@ def cli_main(argv: list[str]) -> int:
             meta = {"command": "data", "stage": args.stage, "num_samples": num}
             meta.update({"grid": args.grid, "max_shapes": args.max_shapes})
             if args.holdout_from is not None:
-                meta.update(
-                    {"holdout_from": str(Path(args.holdout_from).resolve()), "held_out": len(held_out)}
-                )
+                meta["holdout_from"] = str(Path(args.holdout_from).resolve())
+            if args.exclude_from:
+                meta["exclude_from"] = [str(Path(path).resolve()) for path in args.exclude_from]
+            if args.holdout_from is not None or args.exclude_from:
+                meta["held_out"] = len(held_out)
         else:
             rows, summary = ingest_shadereval(
                 args.from_shadereval,

@@ -140,9 +140,10 @@ def test_generate_on_a_coarser_grid_with_single_shapes():
     assert {len(scene_from_json(r["scene"]).shapes) for r in plain} == {1, 2}
 
 
-def test_data_cli_holdout_from_keeps_another_datasets_test_scenes_out(tmp_path):
+def test_data_cli_holdout_and_exclude_keep_other_datasets_scenes_out(tmp_path):
     """The demo's single shapes are drawn after the mix and never hold one of the mix's test scenes,
-    which at grid 0.05, with few single-shape scenes to draw from, they otherwise would."""
+    which at grid 0.05, with few single-shape scenes to draw from, they otherwise would; and an
+    audit set drawn with --exclude-from holds no scene of either dataset."""
     mix, one, plain = tmp_path / "mix", tmp_path / "one", tmp_path / "plain"
     common = ("--stage", "1", "--grid", "0.05", "--size", "32", "--seed", "0")
     assert _build(mix, *common, "--num-samples", "300", "--test-fraction", "0.3") == 0
@@ -160,6 +161,18 @@ def test_data_cli_holdout_from_keeps_another_datasets_test_scenes_out(tmp_path):
     meta = json.loads((one / "earthshader_data.json").read_text())
     assert meta["summary"]["rejected"]["held_out"] == len(scenes(plain) & test) > 0
     assert meta["held_out"] == len(test)
+
+    # an audit set that a model trained on both never saw: no scene of any split of either
+    fresh = tmp_path / "fresh"
+    draw = ("--stage", "1", "--grid", "0.05", "--size", "32", "--seed", "1", "--max-shapes", "1")
+    args = (*draw, "--num-samples", "200", "--test-fraction", "0.99")
+    assert _build(fresh, *args, "--exclude-from", str(mix), "--exclude-from", str(plain)) == 0
+    seen = scenes(mix) | scenes(plain)
+    assert not scenes(fresh) & seen and len(scenes(fresh)) == 200
+    meta = json.loads((fresh / "earthshader_data.json").read_text())
+    assert meta["summary"]["rejected"]["held_out"] > 0  # the seed-1 draw did meet seen scenes
+    assert meta["held_out"] == len(seen) and len(meta["exclude_from"]) == 2
+    assert load_from_disk(str(fresh))["test"].num_rows >= 198
 
 
 @pytest.mark.parametrize(
@@ -227,8 +240,10 @@ def test_image_rejection_catches_near_uniform_images():
         (["--stage", "1", "--max-shapes", "3"], "--max-shapes must be in 1..2"),
         (["--stage", "1", "--max-shapes", "0"], "--max-shapes must be in 1..2"),
         (["--from-shadereval", str(FIXTURE), "--grid", "0.05"], "apply to a --stage"),
-        (["--from-shadereval", str(FIXTURE), "--holdout-from", str(FIXTURE)], "applies to a --stage"),
+        (["--from-shadereval", str(FIXTURE), "--holdout-from", str(FIXTURE)], "apply to a --stage"),
+        (["--from-shadereval", str(FIXTURE), "--exclude-from", str(FIXTURE)], "apply to a --stage"),
         (["--stage", "1", "--holdout-from", "/nonexistent/dataset"], "not a dataset folder"),
+        (["--stage", "1", "--exclude-from", "/nonexistent/dataset"], "--exclude-from /nonexistent"),
     ],
 )
 def test_data_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
