@@ -423,8 +423,8 @@ def held_out_scenes(
 
     try:
         data = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(f"{flag} {path}: not a dataset folder written by `earthshader data`") from exc
+    except (FileNotFoundError, ValueError):
+        data = None
     if not isinstance(data, DatasetDict):
         raise UsageError(f"{flag} {path}: not a dataset folder written by `earthshader data`")
     scenes: set[str] = set()

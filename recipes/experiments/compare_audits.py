@@ -30,12 +30,13 @@ FIGURES = [
 ]
 
 
-def load(path: str) -> list[dict]:
+def load(path: str, prog: str = "compare_audits") -> list[dict]:
+    """The per-image samples of an audit's report.json; one line and exit on anything else."""
     try:
         with open(path) as f:
             return json.load(f)["samples"]
     except (OSError, ValueError, KeyError) as exc:
-        sys.exit(f"compare_audits: {path}: not an audit report ({exc})")
+        sys.exit(f"{prog}: {path}: not an audit report ({exc})")
 
 
 def table(a: list[dict], b: list[dict], title: str) -> list[str]:

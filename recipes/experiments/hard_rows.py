@@ -14,10 +14,10 @@ dataset folder (the test split is copied as it was), for `earthshader grpo --dat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
+from compare_audits import load  # this folder is on sys.path when the script runs
 
 
 def main() -> None:
@@ -33,10 +33,7 @@ def main() -> None:
 
     if Path(args.out).exists():
         sys.exit(f"hard_rows: {args.out} exists; choose a new folder")
-    try:
-        samples = json.loads(open(args.report).read())["samples"]
-    except (OSError, ValueError, KeyError) as exc:
-        sys.exit(f"hard_rows: {args.report}: not an audit report ({exc})")
+    samples = load(args.report, "hard_rows")
     data = load_from_disk(args.data)
     train = data["train"]
     if len(samples) > len(train):
