@@ -39,6 +39,22 @@ def load(path: str, prog: str = "compare_audits") -> list[dict]:
         sys.exit(f"{prog}: {path}: not an audit report ({exc})")
 
 
+def load_train_audit(report: str, data: str, out: str, prog: str):
+    """For the scripts that turn an audit of DATA's train split into a new dataset folder OUT: the
+    report's samples and DATA's DatasetDict; one line and exit if OUT exists or they do not match."""
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    if Path(out).exists():
+        sys.exit(f"{prog}: {out} exists; choose a new folder")
+    samples = load(report, prog)
+    dataset = load_from_disk(data)
+    if len(samples) > len(dataset["train"]):
+        sys.exit(f"{prog}: the report has {len(samples)} rows, {data}'s train split {len(dataset['train'])}")
+    return samples, dataset
+
+
 def table(a: list[dict], b: list[dict], title: str) -> list[str]:
     lines = [
         f"{title} (n = {len(a)})",

@@ -14,10 +14,9 @@ dataset folder (the test split is copied as it was), for `earthshader grpo --dat
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
-from compare_audits import load  # this folder is on sys.path when the script runs
+from compare_audits import load_train_audit  # this folder is on sys.path when the script runs
 
 
 def main() -> None:
@@ -27,17 +26,10 @@ def main() -> None:
     parser.add_argument("out", help="new dataset folder (must not exist)")
     parser.add_argument("--mse", type=float, default=0.01, help="keep rows whose greedy MSE is above this")
     args = parser.parse_args()
-    from pathlib import Path
+    from datasets import DatasetDict
 
-    from datasets import DatasetDict, load_from_disk
-
-    if Path(args.out).exists():
-        sys.exit(f"hard_rows: {args.out} exists; choose a new folder")
-    samples = load(args.report, "hard_rows")
-    data = load_from_disk(args.data)
+    samples, data = load_train_audit(args.report, args.data, args.out, "hard_rows")
     train = data["train"]
-    if len(samples) > len(train):
-        sys.exit(f"hard_rows: the report has {len(samples)} rows, {args.data}'s train split {len(train)}")
     mse = np.array([s["mse"] for s in samples])  # a failure is scored as black
     wrong = np.array([s["identity"] is False or s["count_exact"] is False for s in samples])
     keep = np.flatnonzero(wrong | (mse > args.mse))
