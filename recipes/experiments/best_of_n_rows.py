@@ -22,7 +22,6 @@ A greedy audit works too (filtered self-training); the summary line names the re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -45,20 +44,22 @@ def main() -> None:
     args = parser.parse_args()
     from datasets import DatasetDict
 
-    samples, data = load_train_audit(args.report, args.data, args.out, "best_of_n_rows")
+    audit, data = load_train_audit(args.report, args.data, args.out, "best_of_n_rows")
+    samples = audit["samples"]
     train = data["train"]
     if any("completion" not in s for s in samples):
         sys.exit(f"best_of_n_rows: {args.report} keeps no completions; audit again with this version")
-    with open(args.report) as f:  # load_train_audit has parsed it: it is an audit report
-        decoding = json.load(f).get("decoding", {}).get("mode", "unknown decoding")
+    decoding = audit.get("decoding", {}).get("mode", "unknown decoding")
     mse = np.array([s["mse"] for s in samples])  # a failure is scored as black
-    good = [
-        s["compiled"]
-        and s["identity"] is not False
-        and s["count_exact"] is not False
-        and s["mse"] <= args.mse
-        for s in samples
-    ]
+    good = np.array(
+        [
+            s["compiled"]
+            and s["identity"] is not False
+            and s["count_exact"] is not False
+            and s["mse"] <= args.mse
+            for s in samples
+        ]
+    )
     keep = [s for s, g in zip(samples, good, strict=True) if g]
     rows = train.select([s["index"] for s in keep])  # an audit's index is the row's position
     if not args.truth:
@@ -71,10 +72,9 @@ def main() -> None:
             desc="best answers",
         )
     DatasetDict({"train": rows, "test": data["test"]}).save_to_disk(args.out)
-    kept = np.array(good)
     print(
-        f"{kept.sum()} of {len(samples)} rows ({decoding}) kept ({'ground truth' if args.truth else 'best answers'}); "
-        f"best-answer MSE {mse[kept].mean():.4f} kept, {mse.mean():.4f} all"
+        f"{good.sum()} of {len(samples)} rows ({decoding}) kept ({'ground truth' if args.truth else 'best answers'}); "
+        f"best-answer MSE {mse[good].mean():.4f} kept, {mse.mean():.4f} all"
     )
 
 

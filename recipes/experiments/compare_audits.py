@@ -30,29 +30,45 @@ FIGURES = [
 ]
 
 
-def load(path: str, prog: str = "compare_audits") -> list[dict]:
-    """The per-image samples of an audit's report.json; one line and exit on anything else."""
+def load_report(path: str, prog: str = "compare_audits") -> dict:
+    """An audit's report.json (its ``samples`` and the run's settings); one line and exit on anything else."""
     try:
         with open(path) as f:
-            return json.load(f)["samples"]
-    except (OSError, ValueError, KeyError) as exc:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
         sys.exit(f"{prog}: {path}: not an audit report ({exc})")
+    if not isinstance(report, dict) or "samples" not in report:
+        sys.exit(f"{prog}: {path}: not an audit report (no samples)")
+    return report
+
+
+def load(path: str, prog: str = "compare_audits") -> list[dict]:
+    """The per-image samples of an audit's report.json; one line and exit on anything else."""
+    return load_report(path, prog)["samples"]
 
 
 def load_train_audit(report: str, data: str, out: str, prog: str):
     """For the scripts that turn an audit of DATA's train split into a new dataset folder OUT: the
-    report's samples and DATA's DatasetDict; one line and exit if OUT exists or they do not match."""
+    audit's report (as ``load_report`` reads it) and DATA's DatasetDict; one line and exit if OUT
+    exists, DATA is not a dataset folder with a train split, or the two do not match."""
     from pathlib import Path
 
-    from datasets import load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     if Path(out).exists():
         sys.exit(f"{prog}: {out} exists; choose a new folder")
-    samples = load(report, prog)
-    dataset = load_from_disk(data)
-    if len(samples) > len(dataset["train"]):
-        sys.exit(f"{prog}: the report has {len(samples)} rows, {data}'s train split {len(dataset['train'])}")
-    return samples, dataset
+    audit = load_report(report, prog)
+    try:
+        dataset = load_from_disk(data)
+    except (FileNotFoundError, ValueError, OSError):
+        dataset = None
+    if not isinstance(dataset, DatasetDict) or "train" not in dataset:
+        sys.exit(f"{prog}: {data}: not a dataset folder with a train split")
+    if len(audit["samples"]) > len(dataset["train"]):
+        sys.exit(
+            f"{prog}: the report has {len(audit['samples'])} rows, {data}'s train split {len(dataset['train'])}"
+        )
+    return audit, dataset
 
 
 def table(a: list[dict], b: list[dict], title: str) -> list[str]:

@@ -28,7 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     from datasets import DatasetDict
 
-    samples, data = load_train_audit(args.report, args.data, args.out, "hard_rows")
+    audit, data = load_train_audit(args.report, args.data, args.out, "hard_rows")
+    samples = audit["samples"]
     train = data["train"]
     mse = np.array([s["mse"] for s in samples])  # a failure is scored as black
     wrong = np.array([s["identity"] is False or s["count_exact"] is False for s in samples])
