@@ -12,14 +12,17 @@ weighted step's median over the bf16 one's; ``bf16_loss_diff`` is the largest di
 the two ways' losses on the same batches before any step. With ``--compile``, a second copy of the
 model has its text decoder compiled (``earthshader.models.compile_language_model``, what
 ``compile_language_model: true`` does in a recipe) and its bf16 step joins the rotation:
-``compile_speedup`` is the bf16 step's median over the compiled one's, ``compile_seconds`` the
+``compile_speedup`` is the bf16 step's median over the compiled one's; a third copy, compiled too,
+takes fp32 steps: ``compiled_bf16_speedup`` is its median over the compiled bf16 one's, the
+question for a CPU whether ``bf16: true`` pays once the decoder is compiled (below 1: it does not).
+``compile_seconds`` is the
 compiled copy's first steps (one per batch) less as many uncompiled ones, ``compile_loss_diff`` the
 largest difference of the two copies' losses over those first steps. Medians are reported; the last
 line is one JSON object.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/sft.py [--reps 30 --batch-size 8]
         [--data data/stage1 --freeze-vision]   # the demo's own batches and frozen tower
-        [--compile]                             # also the bf16 step with the decoder compiled
+        [--compile]                             # also bf16 and fp32 steps with the decoder compiled
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def main() -> None:
         "--freeze-vision", action="store_true", help="freeze the vision tower, as the tiny recipes do"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="also time the bf16 step with the text decoder compiled"
+        "--compile", action="store_true", help="also time bf16 and fp32 steps with the text decoder compiled"
     )
     args = parser.parse_args()
 
@@ -131,7 +134,7 @@ def main() -> None:
         weighted_step(i)
         trl_step(i)
         bf16_step(i)
-    w_times, t_times, b_times, c_times = [], [], [], []
+    w_times, t_times, b_times, c_times, f_times = [], [], [], [], []
     order = [(weighted_step, w_times), (trl_step, t_times), (bf16_step, b_times)]
     extra = {}
     if args.compile:  # a second copy, compiled, from the same initial weights as the first
@@ -146,6 +149,12 @@ def main() -> None:
             "compile_loss_diff": round(diff, 5),
         }
         order.append((compiled_step, c_times))
+        compiled_fp32 = make_trainer()
+        models.compile_language_model(compiled_fp32.model)
+        fp32_compiled_step = functools.partial(weighted_step, tr=compiled_fp32)
+        for i in range(len(chunks)):  # its own compilation, outside the timings
+            fp32_compiled_step(i)
+        order.append((fp32_compiled_step, f_times))
     wc_times, tc_times = [], []
     for i in range(args.reps):
         for fn, sink in order if i % 2 == 0 else order[::-1]:
@@ -188,7 +197,11 @@ def main() -> None:
         c = statistics.median(c_times)
         result["compiled_step_s"] = round(c, 5)
         result["compile_speedup"] = round(b / c, 3)
+        f = statistics.median(f_times)
+        result["compiled_fp32_step_s"] = round(f, 5)
+        result["compiled_bf16_speedup"] = round(f / c, 3)
         print(f"bf16 step with the decoder compiled: {c * 1e3:.1f} ms ({b / c:.2f}x faster than bf16)")
+        print(f"fp32 step with the decoder compiled: {f * 1e3:.1f} ms (compiled bf16 is {f / c:.2f}x faster)")
     print(
         f"step: weighted {w * 1e3:.1f} ms, TRL {t * 1e3:.1f} ms ({result['overhead']:+.1%}); "
         f"collate: weighted {wc * 1e3:.1f} ms, TRL {tc * 1e3:.1f} ms; "

@@ -19,6 +19,7 @@ Facts that shaped the tiny build (each one failed loudly or silently before it w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -728,6 +729,42 @@ def compile_language_model(model) -> bool:
         return False
     model.get_decoder().compile(dynamic=True)
     return True
+
+
+@functools.cache
+def cpu_bf16_speedup(tokens: int = 2048, reps: int = 7) -> float:
+    """How many times faster bf16 autocast runs the tiny decoder's matrix products than fp32, on this CPU.
+
+    Whether ``bf16: true`` pays on a machine with no GPU depends on the CPU, not on the recipe: the
+    demo's whole mix step ran 1.29x faster in bf16 on an Intel CPU with AMX, and 0.68-0.79x as fast
+    (slower) on an Intel CPU with AVX-512 bf16 but no AMX (bench/sft.py, bench/RESULTS.md). This
+    probe asks the CPU directly, in about half a second: a SiLU MLP of the decoder's widths on
+    ``tokens`` tokens, forward and backward, fp32 and bf16 steps alternating, the ratio of their
+    medians (above 1: bf16 is faster). On the no-AMX host it read 0.67-0.70, where the step read
+    0.68-0.79. Computed once a process.
+    """
+    import statistics
+    import time
+
+    width, hidden = TINY_SPEC["text"]["hidden_size"], TINY_SPEC["text"]["intermediate_size"]
+    generator = torch.Generator().manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, width))
+    x = torch.randn(tokens, width, generator=generator)
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = mlp(x)
+        y.float().square().mean().backward()
+        return time.perf_counter() - start
+
+    for bf16 in (False, True, False, True):  # first calls pick and warm up the kernels
+        step(bf16)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(reps):
+        for bf16 in (False, True) if i % 2 == 0 else (True, False):
+            times[bf16].append(step(bf16))
+    return statistics.median(times[False]) / statistics.median(times[True])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 from earthshader.errors import UsageError
-from earthshader.models import EarthShaderModelConfig, load_model_and_processor
+from earthshader.models import EarthShaderModelConfig, cpu_bf16_speedup, load_model_and_processor
 from earthshader.runlog import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
@@ -122,16 +122,39 @@ class EarthShaderSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "bf16 mixed precision; default: on where a CUDA GPU supports it. Asked for on a machine "
-            "with no GPU, it is bf16 autocast on the CPU (1.27-1.29x faster steps where the CPU has AMX or "
-            "AVX-512 bf16: bench/sft.py)."
+            "with no GPU, it is bf16 autocast on the CPU, where cpu_bf16 says whether it pays."
+        },
+    )
+    cpu_bf16: str = field(
+        default="auto",
+        metadata={
+            "help": "What bf16 means on a machine with no GPU. 'auto': bf16 autocast only where a half-second "
+            "probe (earthshader.models.cpu_bf16_speedup) finds this CPU's bf16 matrix products faster than "
+            "fp32, fp32 otherwise: the demo's mix steps ran 1.29x faster in bf16 on a CPU with AMX, and "
+            "1.46x slower than fp32 (both with the decoder compiled) on one without (bench/sft.py). "
+            "'always': bf16 autocast regardless."
         },
     )
 
     def __post_init__(self):
+        if self.cpu_bf16 not in ("auto", "always"):
+            raise UsageError(f"cpu_bf16 must be 'auto' or 'always', not {self.cpu_bf16!r}")
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
-        if self.bf16 and not torch.cuda.is_available() and not self.use_cpu:
-            self.use_cpu = True  # transformers allows bf16 without a GPU only when told to train on the CPU
+        # bf16's speedup over fp32 on this CPU, where cpu_bf16 'auto' measured it (sft_run.json records it)
+        self.cpu_bf16_speedup: float | None = None
+        if self.bf16 and not torch.cuda.is_available():
+            if self.cpu_bf16 == "auto":
+                self.cpu_bf16_speedup = round(cpu_bf16_speedup(), 3)
+                self.bf16 = self.cpu_bf16_speedup > 1.0
+                logger.info(
+                    "bf16 on this CPU: its matrix products run %.2fx as fast as fp32's, so training runs in %s "
+                    "(cpu_bf16: always keeps bf16)",
+                    self.cpu_bf16_speedup,
+                    "bf16 autocast" if self.bf16 else "fp32",
+                )
+            if self.bf16 and not self.use_cpu:
+                self.use_cpu = True  # transformers allows bf16 without a GPU only when told to train on the CPU
         super().__post_init__()
 
     def weights(self) -> dict[int, float]:
@@ -522,6 +545,7 @@ def run_sft(
             "sft": json.loads(training_args.to_json_string()),
             "script": dataclasses.asdict(script_args),
             "model": dataclasses.asdict(model_args),
+            "cpu_bf16_speedup": training_args.cpu_bf16_speedup,
         }
         (out / "sft_run.json").write_text(json.dumps(record, indent=2, default=str))
     if last is not None:

@@ -177,13 +177,35 @@ def test_bf16_without_a_gpu_trains_in_cpu_autocast(tiny_path, dataset, tmp_path)
     # in bf16 autocast: its loss is close to the fp32 one on the same batch, but not bit-equal.
     first_loss = {}
     for bf16 in (False, True):
-        trainer = _trainer(tiny_path, dataset, tmp_path / str(bf16), bf16=bf16, logging_steps=1, seed=0)
+        trainer = _trainer(
+            tiny_path, dataset, tmp_path / str(bf16), bf16=bf16, cpu_bf16="always", logging_steps=1, seed=0
+        )
         assert trainer.args.use_cpu == bf16
         trainer.train()
         assert trainer.accelerator.mixed_precision == ("bf16" if bf16 else "no")
         first_loss[bf16] = trainer.state.log_history[0]["loss"]
     assert first_loss[True] != first_loss[False]
     assert first_loss[True] == pytest.approx(first_loss[False], rel=0.02)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case under test is a machine with no GPU")
+def test_cpu_bf16_auto_keeps_bf16_only_where_the_probe_finds_it_faster(tmp_path):
+    # cpu_bf16 'auto' (the default) asks the CPU: bf16 stays on only where its matrix products beat fp32's.
+    speedup = models.cpu_bf16_speedup()
+    assert 0.05 < speedup < 20  # a ratio of two timings of the same work, not a placeholder
+    asked = EarthShaderSFTConfig(output_dir=str(tmp_path / "a"), report_to="none", bf16=True)
+    assert asked.cpu_bf16_speedup == round(speedup, 3)
+    assert asked.bf16 == (round(speedup, 3) > 1.0) and asked.use_cpu == asked.bf16
+    # fp32 asked for, or bf16 forced: no probe, and the choice is the recipe's
+    plain = EarthShaderSFTConfig(output_dir=str(tmp_path / "b"), report_to="none", bf16=False)
+    forced = EarthShaderSFTConfig(output_dir=str(tmp_path / "c"), report_to="none", bf16=True, cpu_bf16="always")
+    assert plain.cpu_bf16_speedup is None and not plain.bf16
+    assert forced.cpu_bf16_speedup is None and forced.bf16 and forced.use_cpu
+
+
+def test_cpu_bf16_rejects_an_unknown_choice(tmp_path):
+    with pytest.raises(UsageError, match="cpu_bf16 must be 'auto' or 'always'"):
+        EarthShaderSFTConfig(output_dir=str(tmp_path), report_to="none", cpu_bf16="sometimes")
 
 
 def test_weighted_loss_is_exact_under_gradient_accumulation(tiny_path, dataset, tmp_path):
