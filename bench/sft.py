@@ -17,8 +17,9 @@ takes fp32 steps: ``compiled_bf16_speedup`` is its median over the compiled bf16
 question for a CPU whether ``bf16: true`` pays once the decoder is compiled (below 1: it does not).
 ``compile_seconds`` is the
 compiled copy's first steps (one per batch) less as many uncompiled ones, ``compile_loss_diff`` the
-largest difference of the two copies' losses over those first steps. Medians are reported; the last
-line is one JSON object.
+largest difference of the two copies' losses over those first steps. ``probe_bf16_speedup`` is what
+``earthshader.models.cpu_bf16_speedup`` (the half-second probe behind ``cpu_bf16: auto``) reads on
+this CPU, to set beside ``bf16_speedup``. Medians are reported; the last line is one JSON object.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/sft.py [--reps 30 --batch-size 8]
         [--data data/stage1 --freeze-vision]   # the demo's own batches and frozen tower
@@ -179,6 +180,7 @@ def main() -> None:
         "bf16_step_s": round(b, 5),
         "bf16_speedup": round(w / b, 3),
         "bf16_loss_diff": round(loss_diff, 5),
+        "probe_bf16_speedup": round(models.cpu_bf16_speedup(), 3),
         **extra,
         "batch_size": args.batch_size,
         "data": args.data or "circles",

@@ -740,7 +740,7 @@ def cpu_bf16_speedup(tokens: int = 2048, reps: int = 7) -> float:
     (slower) on an Intel CPU with AVX-512 bf16 but no AMX (bench/sft.py, bench/RESULTS.md). This
     probe asks the CPU directly, in about half a second: a SiLU MLP of the decoder's widths on
     ``tokens`` tokens, forward and backward, fp32 and bf16 steps alternating, the ratio of their
-    medians (above 1: bf16 is faster). On the no-AMX host it read 0.67-0.70, where the step read
+    medians (above 1: bf16 is faster). On the no-AMX host it read 0.65-0.71, where the step read
     0.68-0.79. Computed once a process.
     """
     import statistics
