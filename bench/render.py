@@ -12,7 +12,7 @@ cache is turned off, the pool's cache too).
 - pool: earthshader.render.RenderPool as shipped (workers = cores, llvmpipe with LLVM's
   optimisation passes off, batches of 32 shaders a program, 8 for shaders with loops, helper
   functions the shaders of a batch share compiled once, eight shaders drawn at once, jemalloc in
-  the workers where it is installed).
+  the workers where it is installed). On a GPU machine the workers draw on the GPU's EGL device.
 - variants, for the record: the pool with glibc's malloc in its workers (``pool_system_malloc``;
   the same as ``pool`` where jemalloc is not installed); the pool with batches of 1; the pool on
   softpipe, one at a time; on request (``--ways``), the batches of 16 of before (``pool_batch16``),
@@ -300,6 +300,7 @@ def main() -> None:
         result["jemalloc_sdf_speedup"] = round(med["pool_sdf"] / med["pool_system_malloc_sdf"], 3)
     result |= {
         "worker_malloc": pools["pool"].malloc if "pool" in pools else None,
+        "render_mode": next(iter(pools.values())).mode if pools else None,
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "steal_median": statistics.median(steal) if steal else None,  # the host's share of our CPUs
         "calibration_ms": calibration,  # before and after: machine/calibration_ms, lower is faster

@@ -186,7 +186,8 @@ def warmup_vision(
     visual = model.model.visual
     merge = visual.spatial_merge_size
     hidden = model.config.vision_config.hidden_size
-    head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1)
+    dtype, device = next(visual.parameters()).dtype, next(visual.parameters()).device
+    head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1).to(device)  # drawn on the CPU: same on a GPU
     params = [p for p in visual.parameters() if p.requires_grad]
     if not params:
         raise UsageError("vision warmup: the vision tower is frozen (train_vision_tower: false)")
@@ -194,7 +195,6 @@ def warmup_vision(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     rng = np.random.default_rng(seed)
     cache = RowCache(dataset, image_processor, merge, max_bytes=cache_bytes)
-    dtype = next(visual.parameters()).dtype
     was_training = visual.training
     visual.train()
     losses: list[float] = []
@@ -204,12 +204,12 @@ def warmup_vision(
         pixels, grid, targets = cache.batch(
             rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False).tolist()
         )
-        tokens = model.model.get_image_features(pixels.to(dtype), grid).pooler_output
+        tokens = model.model.get_image_features(pixels.to(device, dtype), grid.to(device)).pooler_output
         tokens = torch.cat(list(tokens)) if isinstance(tokens, tuple | list) else tokens
         out = head(tokens).float()
-        types = torch.from_numpy(np.concatenate([t.types for t in targets]))
-        values = torch.from_numpy(np.concatenate([t.params for t in targets]))
-        coverage = torch.from_numpy(np.concatenate([t.coverage for t in targets]))
+        types = torch.from_numpy(np.concatenate([t.types for t in targets])).to(device)
+        values = torch.from_numpy(np.concatenate([t.params for t in targets])).to(device)
+        coverage = torch.from_numpy(np.concatenate([t.coverage for t in targets])).to(device)
         covered = (types > 0).float()
         k = len(TYPES)
         loss = (

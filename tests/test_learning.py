@@ -36,7 +36,7 @@ def stage1(tmp_path_factory) -> Path:
 
 def _fixed_batch_loss(trainer: sft.WeightedSFTTrainer, rows: list[dict]) -> float:
     """The weighted loss of the recipe on ``rows``, in eval mode, normalised by this batch's weights."""
-    batch = trainer.data_collator(rows)
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))  # on the model's device, as in a step
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)

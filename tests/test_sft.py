@@ -62,6 +62,11 @@ def _trainer(tiny_path, dataset, tmp_path, **overrides) -> WeightedSFTTrainer:
     )
 
 
+def _collate(trainer, rows) -> dict:
+    """A batch as the trainer's step sees it: collated, then on the model's device."""
+    return trainer._prepare_inputs(trainer.data_collator(rows))
+
+
 def _rows(dataset, n):
     """n training rows; every other one has a longer reasoning, so batches hold padding."""
     from datasets import load_from_disk
@@ -125,12 +130,13 @@ def _hand_loss(model, batch) -> torch.Tensor:
 
 def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
     trainer = _trainer(tiny_path, dataset, tmp_path)
-    batch = trainer.data_collator(_rows(dataset, 3))
+    batch = _collate(trainer, _rows(dataset, 3))
     assert (batch["attention_mask"] == 0).any(), "the batch should hold padding"
     model = trainer.model.eval()
     # the recipe's weights, then arbitrary ones on the same tokens: the loss must follow the weights
     generator = torch.Generator().manual_seed(0)
-    arbitrary = torch.rand(batch["loss_weights"].shape, generator=generator) * (batch["loss_weights"] > 0)
+    arbitrary = torch.rand(batch["loss_weights"].shape, generator=generator).to(model.device)
+    arbitrary *= batch["loss_weights"] > 0
     with torch.no_grad():
         for weights in (batch["loss_weights"], arbitrary):
             weighted = {**batch, "loss_weights": weights}
@@ -138,7 +144,7 @@ def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
             got = trainer.compute_loss(model, dict(weighted))
             assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
         # the same normaliser given explicitly (as in training) gives the same value
-        norm = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        norm = trainer._get_num_items_in_batch([batch], model.device)
         assert torch.allclose(
             trainer.compute_loss(model, dict(batch), num_items_in_batch=norm), _hand_loss(model, batch)
         )
@@ -198,7 +204,9 @@ def test_cpu_bf16_auto_keeps_bf16_only_where_the_probe_finds_it_faster(tmp_path)
     assert asked.bf16 == (round(speedup, 3) > 1.0) and asked.use_cpu == asked.bf16
     # fp32 asked for, or bf16 forced: no probe, and the choice is the recipe's
     plain = EarthShaderSFTConfig(output_dir=str(tmp_path / "b"), report_to="none", bf16=False)
-    forced = EarthShaderSFTConfig(output_dir=str(tmp_path / "c"), report_to="none", bf16=True, cpu_bf16="always")
+    forced = EarthShaderSFTConfig(
+        output_dir=str(tmp_path / "c"), report_to="none", bf16=True, cpu_bf16="always"
+    )
     assert plain.cpu_bf16_speedup is None and not plain.bf16
     assert forced.cpu_bf16_speedup is None and forced.bf16 and forced.use_cpu
 
@@ -213,9 +221,9 @@ def test_weighted_loss_is_exact_under_gradient_accumulation(tiny_path, dataset, 
     trainer = _trainer(tiny_path, dataset, tmp_path)
     model = trainer.model.train()
     rows = _rows(dataset, 4)
-    whole = trainer.data_collator(rows)
-    parts = [trainer.data_collator(rows[:2]), trainer.data_collator(rows[2:])]
-    norm = trainer._get_num_items_in_batch(parts, torch.device("cpu"))
+    whole = _collate(trainer, rows)
+    parts = [_collate(trainer, rows[:2]), _collate(trainer, rows[2:])]
+    norm = trainer._get_num_items_in_batch(parts, model.device)
     assert torch.isclose(norm, whole["loss_weights"][:, 1:].sum())
 
     def grads(loss):

@@ -1,6 +1,7 @@
 """``earthshader render SHADER.glsl -o OUT.png [--size N] [--time T]``.
 
-Exit 0 and a PNG on success; on failure exit 1 and one line ``KIND: FILE:LINE:COL: message``.
+Exit 0 and a PNG on success; on failure exit 1 and one line ``KIND: FILE:LINE:COL: message``
+(``FILE:LINE: message`` where the driver gives no column, as NVIDIA's does).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cli_main(argv: list[str]) -> int:
     with RenderPool(workers=1) as pool:
         result = pool.render(source, size=args.size, time=args.time)
     if not result.ok:
-        message = re.sub(r"^line (\d+):(\d+): ", rf"{args.shader}:\1:\2: ", result.message)
+        message = re.sub(r"^line (\d+(?::\d+)?): ", rf"{args.shader}:\1: ", result.message)
         message = re.sub(r"\(line (\d+)\)$", rf"({args.shader}:\1)", message)
         print(f"{result.kind}: {message}", file=sys.stderr)
         return 1

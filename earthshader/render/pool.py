@@ -65,6 +65,18 @@ def mesa_env(env: MutableMapping[str, str], driver: str) -> MutableMapping[str, 
     return env
 
 
+def renderer_mismatch(driver: str, renderer: str) -> str | None:
+    """Why a worker started for Mesa's ``driver`` must not render on the context it got (its
+    ``GL_RENDERER``), or None. Without Mesa's EGL vendor file, EGL hands out whatever it has, a GPU's
+    context say, and a mode asked for by name must not change silently."""
+    if driver in MESA_DRIVERS and driver not in renderer.lower():
+        return (
+            f"render mode {driver!r}: EGL gave a {renderer!r} context, not Mesa's {driver}; install "
+            "Mesa's EGL (Debian: libegl-mesa0) or set EARTHSHADER_MESA_EGL_VENDOR to its vendor file"
+        )
+    return None
+
+
 def find_jemalloc() -> str | None:
     """The path of jemalloc's shared library where it is installed (Debian: ``libjemalloc2``), else None."""
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
@@ -491,6 +503,10 @@ class RenderPool:
                 tag = msg[0]
                 if tag == "ready":
                     w.ready, w.renderer = True, msg[1]
+                    wrong = renderer_mismatch(w.driver, w.renderer)
+                    if wrong:
+                        self._kill(w)
+                        raise ConfigError(wrong)
                     batch.started = now
                     batch.deadline = self._compile_deadline(w, len(batch.jobs), now)
                 elif tag == "compiled":

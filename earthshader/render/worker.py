@@ -26,21 +26,28 @@ import re
 import sys
 from multiprocessing.connection import Connection
 
-_ERROR_LINE_RE = re.compile(r"^\s*\d+:(\d+)\((\d+)\):\s*(?:error|ERROR):\s*(.*)$", re.M)
+# Mesa: "0:3(12): error: `nope' undeclared"; NVIDIA: '0(3) : error C1503: undefined variable "nope"'
+# (a line, no column).
+_ERROR_LINE_RES = (
+    re.compile(r"^\s*\d+:(\d+)\((\d+)\):\s*(?:error|ERROR):\s*(.*)$", re.M),
+    re.compile(r"^\s*\d+\((\d+)\)()\s*:\s*error\s+C\d+:\s*(.*)$", re.M),
+)
 
 
 def compile_message(text: str, user_lines: int) -> str:
-    """The first compiler error, as ``line L:C: message`` in the user's own line numbers.
+    """The first compiler error, as ``line L:C: message`` in the user's own line numbers (``line L:
+    message`` where the driver gives no column, as NVIDIA's does).
 
     Errors located outside the user's ``user_lines`` lines (link errors, the wrapper's ``main``)
     carry no location.
     """
-    match = _ERROR_LINE_RE.search(text)
-    if match:
-        line, col, msg = match.groups()
-        if 1 <= int(line) <= user_lines:
-            return f"line {line}:{col}: {msg.strip()}"
-        return msg.strip()
+    for pattern in _ERROR_LINE_RES:
+        match = pattern.search(text)
+        if match:
+            line, col, msg = match.groups()
+            if 1 <= int(line) <= user_lines:
+                return f"line {line}{':' + col if col else ''}: {msg.strip()}"
+            return msg.strip()
     skip = {"GLSL Compiler failed", "GLSL Linker failed", "fragment_shader", "vertex_shader"}
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= set("=")]
     lines = [ln for ln in lines if ln not in skip]
