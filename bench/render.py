@@ -237,6 +237,7 @@ def main() -> None:
         parser.error("--sets takes names from sdf,heavy")
 
     from earthshader.render import RenderPool
+    from earthshader.render.pool import detect_mode
 
     makers = {"sdf": sdf_sources, "heavy": heavy_sources}
     sets = {name: makers[name](args.n) for name in set_names}
@@ -300,7 +301,7 @@ def main() -> None:
         result["jemalloc_sdf_speedup"] = round(med["pool_sdf"] / med["pool_system_malloc_sdf"], 3)
     result |= {
         "worker_malloc": pools["pool"].malloc if "pool" in pools else None,
-        "render_mode": next(iter(pools.values())).mode if pools else None,
+        "render_mode": detect_mode(),  # what the pool as shipped renders on (pool_softpipe names its own)
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "steal_median": statistics.median(steal) if steal else None,  # the host's share of our CPUs
         "calibration_ms": calibration,  # before and after: machine/calibration_ms, lower is faster

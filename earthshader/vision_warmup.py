@@ -186,7 +186,8 @@ def warmup_vision(
     visual = model.model.visual
     merge = visual.spatial_merge_size
     hidden = model.config.vision_config.hidden_size
-    dtype, device = next(visual.parameters()).dtype, next(visual.parameters()).device
+    first = next(visual.parameters())
+    dtype, device = first.dtype, first.device
     head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1).to(device)  # drawn on the CPU: same on a GPU
     params = [p for p in visual.parameters() if p.requires_grad]
     if not params:
