@@ -1,6 +1,6 @@
 """The main job, `make demo`: the whole pipeline with the embedded tiny model and its CPU recipes.
 
-    .venv/bin/python -m earthshader.demo [--quick] [--out demo_out]
+    .venv/bin/python -m earthshader.demo [--quick] [--size PX] [--seed N] [--out demo_out]
 
 Steps, each through the same command a user runs: two Stage-1 datasets on the 0.05 grid
 (`earthshader data`: single shapes, and the 1-or-2-shape mix), the supervised warmup in two steps
@@ -9,6 +9,9 @@ shapes; recipes/tiny/sft_mix.yaml goes on with the mix), an audit of the SFT mod
 (`earthshader grpo`, recipes/tiny/grpo.yaml), an audit of the GRPO model, reward and loss curves
 (`earthshader plot`), and the export (`earthshader export`). It ends with a table of the audit
 figures and where everything is. `--quick` runs the same steps with small settings in minutes.
+`--size` renders the data at that side and has the model read it at that side (the default renders
+128 px and the tiny model reads 112: 16 image tokens; 168 px gives 36). `--seed` seeds the data and
+both SFT steps and GRPO, for a second draw of the same recipes.
 
 The output folder is the demo's own: it carries a marker file, and the demo refuses to write into
 an existing folder without one, so a folder of the user's is never replaced.
@@ -42,6 +45,9 @@ class DemoSettings:
     audit_samples: int
     max_new_tokens: int
 
+
+# Sides the tiny model reads whole: patches of 14 px merged 2 x 2, so a multiple of 28.
+SIZE_STEP, SIZES = 28, range(56, 449, 28)
 
 GRID = "0.05"  # spacing of every centre and size: 25 values per axis, not 121 (bench/LEARNING.md)
 FULL = DemoSettings(
@@ -92,10 +98,31 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("made by `earthshader.demo`; the next demo run replaces this folder\n")
 
 
-def run_demo(out: Path, settings: DemoSettings) -> dict:
-    """Run every step into ``out``; returns the two audit reports."""
+def stage_args(size: int | None, seed: int) -> tuple[list[str], list[str]]:
+    """Extra arguments for ``earthshader data`` and for both ``earthshader sft`` steps."""
+    if size is not None and size not in SIZES:
+        raise UsageError(
+            f"--size must be a multiple of {SIZE_STEP} from {SIZES[0]} to {SIZES[-1]} "
+            f"(the tiny model reads 14 px patches merged 2 x 2), not {size}"
+        )
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, not {seed}")
+    data, sft = ["--seed", str(seed)], ["--seed", str(seed)]
+    if size is not None:
+        data += ["--size", str(size)]
+        sft += ["--min_pixels", str(size * size), "--max_pixels", str(size * size)]
+    return data, sft
+
+
+def run_demo(out: Path, settings: DemoSettings, size: int | None = None, seed: int = 0) -> dict:
+    """Run every step into ``out``; returns the two audit reports.
+
+    ``size``: the side the data is rendered at and the model reads (None: 128 px read at 112).
+    ``seed``: the data's, both SFT steps' and GRPO's seed (the recipes' own is 0).
+    """
     from earthshader.audit import report_markdown, run_audit
 
+    data_seed, sft_seed = stage_args(size, seed)
     prepare_out(out)
     runs = out / "runs"
     data, one = out / "data" / "stage1", out / "data" / "stage1-one"
@@ -115,7 +142,8 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
             [
                 *("--stage", "1", "--grid", GRID, *extra, "--num-samples", str(samples)),
                 *("--test-fraction", f"{settings.test_rows / samples:.6f}"),
-                *("--seed", "0", "--out", str(folder)),
+                *data_seed,
+                *("--out", str(folder)),
             ],
         )
 
@@ -133,6 +161,7 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
             *("--vision_warmup_dataset_path", str(data), "--output_dir", str(sft_one_dir)),
             *warmup,
             *steps,
+            *sft_seed,
         ],
     )
     _step(
@@ -143,6 +172,7 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
             *("--config", "recipes/tiny/sft_mix.yaml", "--model_name_or_path", str(sft_one_dir)),
             *("--dataset_path", str(data), "--output_dir", str(sft_dir)),
             *steps,
+            *sft_seed,
         ],
     )
 
@@ -170,6 +200,7 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
         str(data),
         "--output_dir",
         str(grpo_dir),
+        *("--seed", str(seed)),
     ]
     if settings.grpo_steps is not None:
         grpo_argv += ["--max_steps", str(settings.grpo_steps), "--save_steps", str(settings.grpo_steps)]
@@ -210,7 +241,14 @@ def run_demo(out: Path, settings: DemoSettings) -> dict:
     print(f"exported:      {export}")
     (out / "summary.json").write_text(
         json.dumps(
-            {"minutes": minutes, "sft": sft_report["overall"], "grpo": grpo_report["overall"]}, indent=2
+            {
+                "minutes": minutes,
+                "size": size,
+                "seed": seed,
+                "sft": sft_report["overall"],
+                "grpo": grpo_report["overall"],
+            },
+            indent=2,
         )
     )
     (out / "summary.md").write_text(
@@ -236,10 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small settings: the same steps in a few minutes"
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="render the data at this side and have the model read it at this side: a multiple of 28, "
+        "56-448 (default: rendered at 128, read at 112)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data, both SFT steps and GRPO (default 0)"
+    )
     parser.add_argument("--out", default="demo_out", help="the demo's own output folder (default demo_out)")
     args = parser.parse_args(argv)
     try:
-        run_demo(Path(args.out), QUICK if args.quick else FULL)
+        run_demo(Path(args.out), QUICK if args.quick else FULL, size=args.size, seed=args.seed)
     except UsageError as exc:
         print(f"earthshader demo: error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,22 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert (mine / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--size", "100"], "--size must be a multiple of 28"),
+        (["--size", "28"], "from 56 to 448"),
+        (["--seed", "-1"], "--seed must be 0 or more"),
+    ],
+)
+def test_demo_refuses_a_size_or_seed_before_touching_the_folder(tmp_path, capsys, flags, words):
+    out = tmp_path / "demo"
+    assert main(["--quick", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+    assert not out.exists()
+
+
 def test_demo_replaces_its_own_previous_output(tmp_path):
     out = tmp_path / "demo"
     prepare_out(out)
@@ -44,3 +60,19 @@ def test_demo_quick_runs_every_stage(tmp_path):
     one = json.loads((out / "runs/sft-one/sft_run.json").read_text())
     assert one["sft"]["vision_freeze_after_warmup"] and one["script"]["dataset_path"].endswith("stage1-one")
     assert QUICK.samples == 64
+
+
+@pytest.mark.slow
+def test_demo_quick_at_another_size_and_seed(tmp_path):
+    from datasets import load_from_disk
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--size", "56", "--seed", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["size"], summary["seed"]) == (56, 3) and summary["sft"]["n"] > 0
+    for name in ("stage1", "stage1-one"):
+        assert load_from_disk(str(out / "data" / name))["train"][0]["image"].size == (56, 56)
+    for run in ("sft-one", "sft", "grpo"):
+        processor = json.loads((out / "runs" / run / "processor_config.json").read_text())
+        assert processor["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 3136}, run
+    assert json.loads((out / "runs/sft/sft_run.json").read_text())["sft"]["seed"] == 3
