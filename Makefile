@@ -5,6 +5,7 @@ STAMP := $(VENV)/.earthshader-installed
 # Pin PyTorch's threads: two processes each spawning a thread per core oversubscribe small machines.
 export OMP_NUM_THREADS ?= 2
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup demo test test-slow bench lint clean
 
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m earthshader.demo $(if $(QUICK),--quick,) --out demo_out
+	$(PY) -m earthshader.demo $(if $(QUICK),--quick,) --out demo_out $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -19,7 +19,6 @@ an existing folder without one, so a folder of the user's is never replaced.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from earthshader.errors import UsageError
+from earthshader.errors import ArgumentParser, UsageError
 
 MARKER = ".earthshader-demo"
 
@@ -270,7 +269,7 @@ def _summary_table(sft: dict, grpo: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="earthshader.demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="earthshader.demo", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="small settings: the same steps in a few minutes"
     )
@@ -285,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="seed of the data, both SFT steps and GRPO (default 0)"
     )
     parser.add_argument("--out", default="demo_out", help="the demo's own output folder (default demo_out)")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         run_demo(Path(args.out), QUICK if args.quick else FULL, size=args.size, seed=args.seed)
     except UsageError as exc:
         print(f"earthshader demo: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
         (["--size", "100"], "--size must be a multiple of 28"),
         (["--size", "28"], "from 56 to 448"),
         (["--seed", "-1"], "--seed must be 0 or more"),
+        (["--size", "big"], "invalid int value"),
     ],
 )
 def test_demo_refuses_a_size_or_seed_before_touching_the_folder(tmp_path, capsys, flags, words):
