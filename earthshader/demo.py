@@ -45,9 +45,6 @@ class DemoSettings:
     max_new_tokens: int
 
 
-# Sides the tiny model reads whole: patches of 14 px merged 2 x 2, so a multiple of 28.
-SIZE_STEP, SIZES = 28, range(56, 449, 28)
-
 GRID = "0.05"  # spacing of every centre and size: 25 values per axis, not 121 (bench/LEARNING.md)
 FULL = DemoSettings(
     samples=16200,
@@ -98,14 +95,23 @@ def prepare_out(out: Path) -> None:
 
 
 def stage_args(size: int | None, seed: int) -> tuple[list[str], list[str]]:
-    """Extra arguments for ``earthshader data`` and for both ``earthshader sft`` steps."""
-    if size is not None and size not in SIZES:
-        raise UsageError(
-            f"--size must be a multiple of {SIZE_STEP} from {SIZES[0]} to {SIZES[-1]} "
-            f"(the tiny model reads 14 px patches merged 2 x 2), not {size}"
-        )
+    """Extra arguments for ``earthshader data`` and for both ``earthshader sft`` steps.
+
+    A size must be whole merged patches of the tiny model (14 px patches merged 2 x 2: a multiple of
+    28), from 2 to 16 of them a side.
+    """
     if seed < 0:
         raise UsageError(f"--seed must be 0 or more, not {seed}")
+    if size is not None:
+        from earthshader.models import TINY_SPEC  # torch and transformers: only when a size is asked for
+
+        patch, merge = TINY_SPEC["vision"]["patch_size"], TINY_SPEC["vision"]["spatial_merge_size"]
+        sizes = range(2 * patch * merge, 16 * patch * merge + 1, patch * merge)
+        if size not in sizes:
+            raise UsageError(
+                f"--size must be a multiple of {sizes.step} from {sizes[0]} to {sizes[-1]} "
+                f"(the tiny model reads {patch} px patches merged {merge} x {merge}), not {size}"
+            )
     data, sft = ["--seed", str(seed)], ["--seed", str(seed)]
     if size is not None:
         data += ["--size", str(size)]
@@ -121,7 +127,7 @@ def run_demo(out: Path, settings: DemoSettings, size: int | None = None, seed: i
     """
     from earthshader.audit import report_markdown, run_audit
 
-    data_seed, sft_seed = stage_args(size, seed)
+    data_args, sft_args = stage_args(size, seed)
     prepare_out(out)
     runs = out / "runs"
     data, one = out / "data" / "stage1", out / "data" / "stage1-one"
@@ -141,7 +147,7 @@ def run_demo(out: Path, settings: DemoSettings, size: int | None = None, seed: i
             [
                 *("--stage", "1", "--grid", GRID, *extra, "--num-samples", str(samples)),
                 *("--test-fraction", f"{settings.test_rows / samples:.6f}"),
-                *data_seed,
+                *data_args,
                 *("--out", str(folder)),
             ],
         )
@@ -160,7 +166,7 @@ def run_demo(out: Path, settings: DemoSettings, size: int | None = None, seed: i
             *("--vision_warmup_dataset_path", str(data), "--output_dir", str(sft_one_dir)),
             *warmup,
             *steps,
-            *sft_seed,
+            *sft_args,
         ],
     )
     _step(
@@ -171,7 +177,7 @@ def run_demo(out: Path, settings: DemoSettings, size: int | None = None, seed: i
             *("--config", "recipes/tiny/sft_mix.yaml", "--model_name_or_path", str(sft_one_dir)),
             *("--dataset_path", str(data), "--output_dir", str(sft_dir)),
             *steps,
-            *sft_seed,
+            *sft_args,
         ],
     )
 
