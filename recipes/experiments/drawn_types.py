@@ -1,0 +1,52 @@
+"""Experiment helper (issues 5 and 7): what a model draws, per audit, beside what the scenes hold.
+
+For each audit folder (or its report.json): how many shapes each answer draws, how often each
+primitive type is drawn, and the mean MSE (a failed shader scores as black) by the truth's shape
+count. Session 18 used it to see what GRPO on Stage 2 learned: discs instead of rings.
+
+    .venv/bin/python recipes/experiments/drawn_types.py /tmp/s18/a-base /tmp/s18/a-ga150 ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+def summary(report: dict) -> dict:
+    """Drawn shape counts, drawn types and MSE by true shape count, of one audit report."""
+    drawn_counts: Counter[int] = Counter()
+    drawn_types: Counter[str] = Counter()
+    mse_by_truth: defaultdict[int, list[float]] = defaultdict(list)
+    for s in report["samples"]:
+        pred = s.get("pred_types") or []
+        drawn_counts[len(pred)] += 1
+        drawn_types.update(pred)
+        mse = s["mse"] if s["compiled"] else s["black_mse"]
+        mse_by_truth[len(s.get("true_types") or [])].append(mse)
+    return {
+        "drawn_counts": dict(sorted(drawn_counts.items())),
+        "drawn_types": dict(drawn_types.most_common()),
+        "mse_by_true_count": {k: round(sum(v) / len(v), 4) for k, v in sorted(mse_by_truth.items())},
+        "true_counts": {k: len(v) for k, v in sorted(mse_by_truth.items())},
+    }
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: drawn_types.py AUDIT [AUDIT ...] (audit folders or report.json files)", file=sys.stderr)
+        return 2
+    for arg in argv:
+        path = Path(arg)
+        path = path / "report.json" if path.is_dir() else path
+        if not path.is_file():
+            print(f"drawn_types.py: no audit report at {path}", file=sys.stderr)
+            return 2
+        print(arg, json.dumps(summary(json.loads(path.read_text()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
