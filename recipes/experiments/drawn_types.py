@@ -14,18 +14,21 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from compare_audits import FIGURES, load  # this folder is on sys.path when the script runs
 
-def summary(report: dict) -> dict:
-    """Drawn shape counts, drawn types and MSE by true shape count, of one audit report."""
+SAMPLE_MSE = next(read for label, read, _ in FIGURES if label == "MSE")  # a failed shader scores as black
+
+
+def summary(samples: list[dict]) -> dict:
+    """Drawn shape counts, drawn types and MSE by true shape count, of one audit's samples."""
     drawn_counts: Counter[int] = Counter()
     drawn_types: Counter[str] = Counter()
     mse_by_truth: defaultdict[int, list[float]] = defaultdict(list)
-    for s in report["samples"]:
+    for s in samples:
         pred = s.get("pred_types") or []
         drawn_counts[len(pred)] += 1
         drawn_types.update(pred)
-        mse = s["mse"] if s["compiled"] else s["black_mse"]
-        mse_by_truth[len(s.get("true_types") or [])].append(mse)
+        mse_by_truth[len(s.get("true_types") or [])].append(SAMPLE_MSE(s))
     return {
         "drawn_counts": dict(sorted(drawn_counts.items())),
         "drawn_types": dict(drawn_types.most_common()),
@@ -39,12 +42,8 @@ def main(argv: list[str]) -> int:
         print("usage: drawn_types.py AUDIT [AUDIT ...] (audit folders or report.json files)", file=sys.stderr)
         return 2
     for arg in argv:
-        path = Path(arg)
-        path = path / "report.json" if path.is_dir() else path
-        if not path.is_file():
-            print(f"drawn_types.py: no audit report at {path}", file=sys.stderr)
-            return 2
-        print(arg, json.dumps(summary(json.loads(path.read_text()))))
+        path = Path(arg) / "report.json" if Path(arg).is_dir() else Path(arg)
+        print(arg, json.dumps(summary(load(str(path), "drawn_types"))))
     return 0
 
 
