@@ -80,6 +80,9 @@ class Shape:
     # argument template after the position: "{r}" is a float, "vec2({w}, {h})" a vector
     glsl_args: ClassVar[str] = ""
     rotatable: ClassVar[bool] = False
+    # the turn that maps the shape onto itself (radians; 0: not rotatable). The data factory draws
+    # angles within one such period, and the vision warmup's angle target wraps at it.
+    angle_period: ClassVar[float] = 0.0
 
     @property
     def angle(self) -> float:
@@ -150,6 +153,7 @@ class Box(Shape):
     glsl_name = "sdBox"
     glsl_args = "vec2({w}, {h})"
     rotatable = True
+    angle_period = math.pi / 2  # a w x h box turned a quarter is an h x w one
     glsl_helper = """float sdBox(vec2 p, vec2 b) {
     vec2 d = abs(p) - b;
     return length(max(d, 0.0)) + min(max(d.x, d.y), 0.0);
@@ -191,6 +195,7 @@ class RoundBox(Shape):
     glsl_name = "sdRoundBox"
     glsl_args = "vec2({w}, {h}), {r}"
     rotatable = True
+    angle_period = math.pi / 2
     glsl_helper = """float sdRoundBox(vec2 p, vec2 b, float r) {
     vec2 q = abs(p) - b + r;
     return min(max(q.x, q.y), 0.0) + length(max(q, 0.0)) - r;
@@ -254,6 +259,7 @@ class Capsule(Shape):
     glsl_name = "sdCapsule"
     glsl_args = "{h}, {r}"
     rotatable = True
+    angle_period = math.pi
     glsl_helper = """float sdCapsule(vec2 p, float h, float r) {
     p.x -= clamp(p.x, -h, h);
     return length(p) - r;
@@ -286,6 +292,7 @@ class Triangle(Shape):
     glsl_name = "sdTriangle"
     glsl_args = "{r}"
     rotatable = True
+    angle_period = 2 * math.pi / 3
     glsl_helper = """float sdTriangle(vec2 p, float r) {
     const float k = sqrt(3.0);
     p.x = abs(p.x) - r;
@@ -328,6 +335,7 @@ class Hexagon(Shape):
     glsl_name = "sdHexagon"
     glsl_args = "{r}"
     rotatable = True
+    angle_period = math.pi / 3
     glsl_helper = """float sdHexagon(vec2 p, float r) {
     const vec3 k = vec3(-0.866025404, 0.5, 0.577350269);
     p = abs(p);

@@ -91,6 +91,20 @@ class EarthShaderSFTConfig(SFTConfig):
             "tiny curriculum warms the tower on the 1-or-2-shape mix while SFT starts on single shapes."
         },
     )
+    vision_warmup_angle_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the vision warmup's angle target (the turn of boxes, capsules, triangles and "
+            "hexagons, from Stage 2 on). 0: no angle target, as in the Stage-1 demo."
+        },
+    )
+    vision_warmup_held_out_rows: int = field(
+        default=256,
+        metadata={
+            "help": "After the warmup, read this many rows of the warmup dataset's test split through the "
+            "warmup's heads and record what the tower sees there (vision_warmup.json). 0: none."
+        },
+    )
     vision_freeze_after_warmup: bool = field(
         default=False,
         metadata={
@@ -154,7 +168,9 @@ class EarthShaderSFTConfig(SFTConfig):
                     "bf16 autocast" if self.bf16 else "fp32",
                 )
             if self.bf16 and not self.use_cpu:
-                self.use_cpu = True  # transformers allows bf16 without a GPU only when told to train on the CPU
+                self.use_cpu = (
+                    True  # transformers allows bf16 without a GPU only when told to train on the CPU
+                )
         super().__post_init__()
 
     def weights(self) -> dict[int, float]:
@@ -583,18 +599,24 @@ def prepare_vision(
         source = script_args
         if training_args.vision_warmup_dataset_path:
             source = dataclasses.replace(script_args, dataset_path=training_args.vision_warmup_dataset_path)
-        losses = warmup_vision(
+        train, test = load_sft_dataset(source)
+        rows = training_args.vision_warmup_held_out_rows
+        held_out = test.select(range(min(rows, len(test)))) if test is not None and rows > 0 else None
+        result = warmup_vision(
             trainer.model,
             trainer.processing_class.image_processor,
-            load_sft_dataset(source)[0],
+            train,
             training_args.vision_warmup_steps,
             learning_rate=training_args.vision_warmup_learning_rate,
             batch_size=training_args.vision_warmup_batch_size,
             seed=training_args.seed,
+            angle_weight=training_args.vision_warmup_angle_weight,
+            held_out=held_out,
         )
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
-            (out / "vision_warmup.json").write_text(json.dumps({"loss": losses}))
+            record = {"loss": result.losses, "held_out": result.held_out}
+            (out / "vision_warmup.json").write_text(json.dumps(record))
     if training_args.vision_freeze_after_warmup:
         from earthshader.models import freeze_vision_tower
 

@@ -12,7 +12,9 @@ language model sees) predicts, through a linear head that is thrown away afterwa
 
 - which primitive covers its square of the picture (or none),
 - that primitive's parameters (centre x, y and its first two sizes, in uv units),
-- the fraction of its square that is foreground.
+- the fraction of its square that is foreground,
+- with ``angle_weight``, that primitive's turn, as a point on the circle of its symmetry period (a
+  hexagon turned by 0.02 and by 1.03 rad looks the same), where it can turn.
 
 After it, each image token says "I am part of a circle centred at (x, y) with radius r", which is
 what the reasoning text must say; the language model's job becomes reading, not seeing. The head
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,12 +50,21 @@ class TokenTargets:
     types: np.ndarray  # (n,) int64: index into TYPES
     params: np.ndarray  # (n, N_PARAMS) float32: the covering shape's parameters (0 where none)
     coverage: np.ndarray  # (n,) float32: foreground fraction of the token's square
+    angle: np.ndarray  # (n, 2) float32: cos, sin of 2 pi angle / period of the covering shape (0 where none)
+    turns: np.ndarray  # (n,) bool: the covering shape can turn (its angle is a target)
 
 
 def _shape_params(shape) -> list[float]:
     params = shape.params()  # x, y, then sizes (then an angle ``a``, for rotatable shapes)
     sizes = [v for k, v in params.items() if k not in ("x", "y", "a")][:2]
     return [params["x"], params["y"], *sizes, *[0.0] * (2 - len(sizes))]
+
+
+def _angle_point(shape) -> list[float]:
+    if not shape.angle_period:
+        return [0.0, 0.0]
+    turn = 2.0 * np.pi * shape.angle / shape.angle_period
+    return [float(np.cos(turn)), float(np.sin(turn))]
 
 
 def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
@@ -82,7 +93,10 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     types = np.where(covered, [type_index[scene.shapes[i].type_name] for i in owner], 0)
     params = np.where(covered[:, None], params_by_shape[owner], 0.0).astype(np.float32)
     coverage = (per_token(inside_mask(scene, fields)) / (n * n)).astype(np.float32)
-    return TokenTargets(types.astype(np.int64), params, coverage)
+    angles = np.array([_angle_point(s) for s in scene.shapes], dtype=np.float32)
+    turns = covered & np.array([bool(s.angle_period) for s in scene.shapes])[owner]
+    angle = np.where(turns[:, None], angles[owner], 0.0).astype(np.float32)
+    return TokenTargets(types.astype(np.int64), params, coverage, angle, turns)
 
 
 class RowCache:
@@ -162,6 +176,74 @@ class RowCache:
         return pixels, grid, [self.targets[i] for i in indices]
 
 
+@dataclass
+class WarmupResult:
+    """What a warmup did: the loss of every step, and (given held-out rows) what the tower reads there."""
+
+    losses: list[float]
+    held_out: dict = field(default_factory=dict)
+
+
+def _image_tokens(model, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    first = next(model.model.visual.parameters())
+    tokens = model.model.get_image_features(pixels.to(first.device, first.dtype), grid.to(first.device))
+    tokens = tokens.pooler_output
+    return torch.cat(list(tokens)) if isinstance(tokens, tuple | list) else tokens
+
+
+def _stack(targets: list[TokenTargets], name: str, device) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([getattr(t, name) for t in targets])).to(device)
+
+
+@torch.no_grad()
+def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32) -> dict:
+    """What the warmed tower's tokens say on rows it did not train on, through the warmup's heads.
+
+    ``type_accuracy``: share of covered tokens whose covering primitive is named right (and per type,
+    ``types``); ``none_accuracy``: share of empty tokens called empty; ``centre_error``: median distance
+    of the covering shape's predicted centre from the truth (uv units); ``angle_error``: median error
+    of the turn of shapes that can turn (radians, within the shape's symmetry period), with an angle head.
+    """
+    was_training = model.model.visual.training
+    model.model.visual.eval()
+    names, right, empty_right, centre, angle = [], [], [], [], []
+    k = len(TYPES)
+    for lo in range(0, len(cache.dataset), batch_size):
+        pixels, grid, targets = cache.batch(list(range(lo, min(lo + batch_size, len(cache.dataset)))))
+        tokens = _image_tokens(model, pixels, grid)
+        out = head(tokens).float().cpu()
+        types = _stack(targets, "types", "cpu")
+        covered = types > 0
+        guess = out[:, :k].argmax(-1)
+        names += [TYPES[i] for i in types[covered].tolist()]
+        right += (guess == types)[covered].tolist()
+        empty_right += (guess == 0)[~covered].tolist()
+        xy = _stack(targets, "params", "cpu")[:, :2]
+        centre += (out[:, k : k + 2] - xy).norm(dim=-1)[covered].tolist()
+        if angle_head is not None:
+            turns = _stack(targets, "turns", "cpu")
+            periods = torch.tensor([PRIMITIVES[TYPES[i]].angle_period if i else 0.0 for i in types.tolist()])
+            truth = _stack(targets, "angle", "cpu")
+            guessed = angle_head(tokens).float().cpu()
+            diff = torch.atan2(guessed[:, 1], guessed[:, 0]) - torch.atan2(truth[:, 1], truth[:, 0])
+            diff = torch.remainder(diff + torch.pi, 2 * torch.pi) - torch.pi  # on the period's circle
+            angle += (diff.abs() / (2 * torch.pi) * periods)[turns].tolist()
+    model.model.visual.train(was_training)
+    right_by = {}
+    for name, ok in zip(names, right, strict=True):
+        right_by.setdefault(name, []).append(ok)
+    figures = {
+        "rows": len(cache.dataset),
+        "type_accuracy": float(np.mean(right)) if right else None,
+        "none_accuracy": float(np.mean(empty_right)) if empty_right else None,
+        "types": {name: float(np.mean(v)) for name, v in sorted(right_by.items())},
+        "centre_error": float(np.median(centre)) if centre else None,
+    }
+    if angle_head is not None:
+        figures["angle_error"] = float(np.median(angle)) if angle else None
+    return figures
+
+
 def warmup_vision(
     model,
     image_processor,
@@ -172,27 +254,34 @@ def warmup_vision(
     seed: int = 0,
     progress: bool = True,
     cache_bytes: int = 2 << 30,
-) -> list[float]:
+    angle_weight: float = 0.0,
+    held_out=None,
+) -> WarmupResult:
     """Train ``model``'s vision tower and merger on the dense scene task for ``steps`` steps, in place.
 
     ``dataset`` needs ``image`` and ``scene`` (JSON) columns, as ``earthshader data`` writes them for
-    synthetic stages. Returns the loss of every step. Only the vision tower's weights change. Rows'
-    pixels and targets are kept after their first draw, up to ``cache_bytes`` of pixels (``RowCache``).
+    synthetic stages. Only the vision tower's weights change. Rows' pixels and targets are kept after
+    their first draw, up to ``cache_bytes`` of pixels (``RowCache``). ``angle_weight`` > 0 adds the
+    angle target of shapes that turn (Stage 2 on), with a head of its own, so that a run without it
+    draws the same numbers as before it existed. With ``held_out`` rows (a dataset like ``dataset``),
+    the result says what the warmed tower reads there (``read_held_out``).
     """
     if steps <= 0:
-        return []
-    if "scene" not in dataset.column_names:
-        raise UsageError("vision warmup needs a 'scene' column (a synthetic stage's dataset)")
+        return WarmupResult([])
+    for rows in (dataset, held_out):
+        if rows is not None and "scene" not in rows.column_names:
+            raise UsageError("vision warmup needs a 'scene' column (a synthetic stage's dataset)")
     visual = model.model.visual
     merge = visual.spatial_merge_size
     hidden = model.config.vision_config.hidden_size
-    first = next(visual.parameters())
-    dtype, device = first.dtype, first.device
+    device = next(visual.parameters()).device
     head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1).to(device)  # drawn on the CPU: same on a GPU
+    angle_head = torch.nn.Linear(hidden, 2).to(device) if angle_weight > 0 else None
     params = [p for p in visual.parameters() if p.requires_grad]
     if not params:
         raise UsageError("vision warmup: the vision tower is frozen (train_vision_tower: false)")
-    optimizer = torch.optim.AdamW([*params, *head.parameters()], lr=learning_rate, weight_decay=0.0)
+    heads = [*head.parameters(), *(angle_head.parameters() if angle_head is not None else ())]
+    optimizer = torch.optim.AdamW([*params, *heads], lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     rng = np.random.default_rng(seed)
     cache = RowCache(dataset, image_processor, merge, max_bytes=cache_bytes)
@@ -205,12 +294,11 @@ def warmup_vision(
         pixels, grid, targets = cache.batch(
             rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False).tolist()
         )
-        tokens = model.model.get_image_features(pixels.to(device, dtype), grid.to(device)).pooler_output
-        tokens = torch.cat(list(tokens)) if isinstance(tokens, tuple | list) else tokens
+        tokens = _image_tokens(model, pixels, grid)
         out = head(tokens).float()
-        types = torch.from_numpy(np.concatenate([t.types for t in targets])).to(device)
-        values = torch.from_numpy(np.concatenate([t.params for t in targets])).to(device)
-        coverage = torch.from_numpy(np.concatenate([t.coverage for t in targets])).to(device)
+        types = _stack(targets, "types", device)
+        values = _stack(targets, "params", device)
+        coverage = _stack(targets, "coverage", device)
         covered = (types > 0).float()
         k = len(TYPES)
         loss = (
@@ -220,6 +308,10 @@ def warmup_vision(
             / covered.sum().clamp(min=1)
             + torch.nn.functional.mse_loss(out[:, -1], coverage)
         )
+        if angle_head is not None:
+            turns = _stack(targets, "turns", device).float()
+            miss = ((angle_head(tokens).float() - _stack(targets, "angle", device)) ** 2).sum(-1)
+            loss = loss + angle_weight * (miss * turns).sum() / turns.sum().clamp(min=1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -235,4 +327,8 @@ def warmup_vision(
         losses[0],
         float(np.mean(losses[-10:])),
     )
-    return losses
+    result = WarmupResult(losses)
+    if held_out is not None:
+        result.held_out = read_held_out(model, head, angle_head, RowCache(held_out, image_processor, merge))
+        logger.info("vision warmup, held out: %s", result.held_out)
+    return result

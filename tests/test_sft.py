@@ -299,8 +299,11 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard events"
     assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
     # the dense vision warmup ran first, on the dataset's scenes
-    warmup = json.loads((out / "vision_warmup.json").read_text())["loss"]
-    assert len(warmup) == 4 and all(v > 0 for v in warmup)
+    warmup = json.loads((out / "vision_warmup.json").read_text())
+    assert len(warmup["loss"]) == 4 and all(v > 0 for v in warmup["loss"])
+    # then read the dataset's 4 test pictures through its heads: what the tower sees, recorded
+    assert warmup["held_out"]["rows"] == 4 and set(warmup["held_out"]["types"]) == {"circle"}
+    assert "angle_error" not in warmup["held_out"]  # no angle target unless the recipe asks
     # and the tower it trained stayed as it was through SFT, while the language model moved on
     from safetensors.torch import load_file
 

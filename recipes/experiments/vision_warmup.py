@@ -4,12 +4,15 @@
         /tmp/l7/warm1000 --steps 1000
 
 Builds the tiny model, runs ``earthshader.vision_warmup.warmup_vision`` on the dataset's train split
-and saves model and processor to OUT. Prints the seconds taken and the loss every tenth of the run.
+and saves model and processor to OUT. Prints the seconds taken and the loss every tenth of the run, then
+what the warmed tower reads on the dataset's test split (``read_held_out``). ``--model`` warms an
+existing model's tower instead (a Stage-1 model's, for Stage 2), ``--angle-weight`` adds the angle target.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from datasets import load_from_disk
@@ -25,25 +28,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--pixels", type=int, default=None, help="image area after resizing (224 px: 50176)")
+    parser.add_argument("--model", default=None, help="warm this model's tower (default: a fresh tiny model)")
+    parser.add_argument("--angle-weight", type=float, default=0.0)
+    parser.add_argument("--held-out", type=int, default=400, help="test rows to read afterwards (0: none)")
     args = parser.parse_args()
     model, processor = load_model_and_processor(
-        EarthShaderModelConfig(min_pixels=args.pixels, max_pixels=args.pixels)
+        EarthShaderModelConfig(model_name_or_path=args.model, min_pixels=args.pixels, max_pixels=args.pixels)
     )
+    data = load_from_disk(args.data)
+    test = data["test"].select(range(min(args.held_out, len(data["test"])))) if args.held_out else None
     start = time.perf_counter()
-    losses = warmup_vision(
+    result = warmup_vision(
         model,
         processor.image_processor,
-        load_from_disk(args.data)["train"],
+        data["train"],
         args.steps,
         args.lr,
         progress=False,
+        angle_weight=args.angle_weight,
+        held_out=test,
     )
+    losses = result.losses
     every = max(1, args.steps // 10)
     print(
         f"{time.perf_counter() - start:.0f} s; loss",
         [round(v, 3) for v in losses[::every]],
         round(losses[-1], 3),
     )
+    print(json.dumps(result.held_out))
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
 
