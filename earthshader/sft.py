@@ -168,9 +168,8 @@ class EarthShaderSFTConfig(SFTConfig):
                     "bf16 autocast" if self.bf16 else "fp32",
                 )
             if self.bf16 and not self.use_cpu:
-                self.use_cpu = (
-                    True  # transformers allows bf16 without a GPU only when told to train on the CPU
-                )
+                # transformers allows bf16 without a GPU only when told to train on the CPU
+                self.use_cpu = True
         super().__post_init__()
 
     def weights(self) -> dict[int, float]:
