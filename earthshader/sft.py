@@ -98,6 +98,13 @@ class EarthShaderSFTConfig(SFTConfig):
             "hexagons, from Stage 2 on). 0: no angle target, as in the Stage-1 demo."
         },
     )
+    vision_warmup_pair_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the vision warmup's pair targets (each token's operator, and the type and "
+            "parameters of a second shape sharing it: for Stage-2 pairs). 0: none, as in the Stage-1 demo."
+        },
+    )
     vision_warmup_held_out_rows: int = field(
         default=256,
         metadata={
@@ -611,6 +618,7 @@ def prepare_vision(
             seed=training_args.seed,
             angle_weight=training_args.vision_warmup_angle_weight,
             held_out=held_out,
+            pair_weight=training_args.vision_warmup_pair_weight,
         )
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,11 @@ language model sees) predicts, through a linear head that is thrown away afterwa
 - that primitive's parameters (centre x, y and its first two sizes, in uv units),
 - the fraction of its square that is foreground,
 - with ``angle_weight``, that primitive's turn, as a point on the circle of its symmetry period (a
-  hexagon turned by 0.02 and by 1.03 rad looks the same), where it can turn.
+  hexagon turned by 0.02 and by 1.03 rad looks the same), where it can turn;
+- with ``pair_weight``, what a token shares with a second shape: the operator that joins its covering
+  shape to the scene (the first shape takes the operator that joins the second to it), and the type
+  and parameters of the shape that covers the next most of its square (or none). Without them a
+  token names one owner, and where two shapes meet, which is where pairs go wrong, it names one.
 
 After it, each image token says "I am part of a circle centred at (x, y) with radius r", which is
 what the reasoning text must say; the language model's job becomes reading, not seeing. The head
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 
 from earthshader.data import inside_mask
 from earthshader.errors import UsageError
-from earthshader.scenes import PRIMITIVES, Scene, scene_from_json
+from earthshader.scenes import OPERATORS, PRIMITIVES, Scene, scene_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class TokenTargets:
     coverage: np.ndarray  # (n,) float32: foreground fraction of the token's square
     angle: np.ndarray  # (n, 2) float32: cos, sin of 2 pi angle / period of the covering shape (0 where none)
     turns: np.ndarray  # (n,) bool: the covering shape can turn (its angle is a target)
+    op: np.ndarray  # (n,) int64: index into OPERATORS of the covering shape's operator; -1: none
+    second: np.ndarray  # (n,) int64: index into TYPES of the shape covering the next most; 0: none
+    second_params: np.ndarray  # (n, N_PARAMS) float32: that shape's parameters (0 where none)
 
 
 def _shape_params(shape) -> list[float]:
@@ -96,7 +103,26 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     angles = np.array([_angle_point(s) for s in scene.shapes], dtype=np.float32)
     turns = covered & np.array([bool(s.angle_period) for s in scene.shapes])[owner]
     angle = np.where(turns[:, None], angles[owner], 0.0).astype(np.float32)
-    return TokenTargets(types.astype(np.int64), params, coverage, angle, turns)
+    # the operator that joins each shape in: shape i > 0 is folded in by ops[i - 1]; the first, by ops[0]
+    joins = [OPERATORS.index(op.kind) for op in scene.ops]
+    shape_op = np.array(joins[:1] + joins if joins else [-1] * len(scene.shapes))
+    op = np.where(covered, shape_op[owner], -1)
+    ranked = np.argsort(-counts, axis=0, kind="stable")  # ties go to the earlier shape, as argmax does
+    runner = ranked[1] if len(scene.shapes) > 1 else owner
+    # ranked[0] is the owner; with one shape there is no runner-up to share a token with
+    shared = (np.take_along_axis(counts, runner[None], axis=0)[0] > 0) & (len(scene.shapes) > 1)
+    second = np.where(shared, [type_index[scene.shapes[i].type_name] for i in runner], 0)
+    second_params = np.where(shared[:, None], params_by_shape[runner], 0.0).astype(np.float32)
+    return TokenTargets(
+        types.astype(np.int64),
+        params,
+        coverage,
+        angle,
+        turns,
+        op.astype(np.int64),
+        second.astype(np.int64),
+        second_params,
+    )
 
 
 class RowCache:
@@ -196,17 +222,21 @@ def _stack(targets: list[TokenTargets], name: str, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32) -> dict:
+def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32, pair_head=None) -> dict:
     """What the warmed tower's tokens say on rows it did not train on, through the warmup's heads.
 
     ``type_accuracy``: share of covered tokens whose covering primitive is named right (and per type,
     ``types``); ``none_accuracy``: share of empty tokens called empty; ``centre_error``: median distance
     of the covering shape's predicted centre from the truth (uv units); ``angle_error``: median error
     of the turn of shapes that can turn (radians, within the shape's symmetry period), with an angle head.
+    With a pair head: ``op_accuracy`` (share of covered tokens of scenes with operators whose covering
+    shape's operator is named right), ``second_accuracy`` (share of tokens two shapes share whose second
+    shape's type is named right) and ``second_centre_error`` (the median error of its centre).
     """
     was_training = model.model.visual.training
     model.model.visual.eval()
     names, right, empty_right, centre, angle = [], [], [], [], []
+    op_right, second_right, second_centre = [], [], []
     k = len(TYPES)
     for lo in range(0, len(cache.dataset), batch_size):
         pixels, grid, targets = cache.batch(list(range(lo, min(lo + batch_size, len(cache.dataset)))))
@@ -228,6 +258,16 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
             diff = torch.atan2(guessed[:, 1], guessed[:, 0]) - torch.atan2(truth[:, 1], truth[:, 0])
             diff = torch.remainder(diff + torch.pi, 2 * torch.pi) - torch.pi  # on the period's circle
             angle += (diff.abs() / (2 * torch.pi) * periods)[turns].tolist()
+        if pair_head is not None:
+            pair = pair_head(tokens).float().cpu()
+            op, second = _stack(targets, "op", "cpu"), _stack(targets, "second", "cpu")
+            op_right += (pair[:, : len(OPERATORS)].argmax(-1) == op)[op >= 0].tolist()
+            shared = second > 0
+            guess = pair[:, len(OPERATORS) : len(OPERATORS) + k].argmax(-1)
+            second_right += (guess == second)[shared].tolist()
+            truth = _stack(targets, "second_params", "cpu")[:, :2]
+            at = len(OPERATORS) + k
+            second_centre += (pair[:, at : at + 2] - truth).norm(dim=-1)[shared].tolist()
     model.model.visual.train(was_training)
     right_by = {}
     for name, ok in zip(names, right, strict=True):
@@ -241,7 +281,28 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
     }
     if angle_head is not None:
         figures["angle_error"] = float(np.median(angle)) if angle else None
+    if pair_head is not None:
+        figures["op_accuracy"] = float(np.mean(op_right)) if op_right else None
+        figures["second_accuracy"] = float(np.mean(second_right)) if second_right else None
+        figures["second_centre_error"] = float(np.median(second_centre)) if second_centre else None
     return figures
+
+
+def _pair_loss(out: torch.Tensor, targets: list[TokenTargets], covered: torch.Tensor, device) -> torch.Tensor:
+    """The pair head's loss: the covering shape's operator, the second shape's type (on covered
+    tokens) and, where there is one, its parameters, each a mean over the tokens it applies to."""
+    op, second = _stack(targets, "op", device), _stack(targets, "second", device)
+    k, n_ops = len(TYPES), len(OPERATORS)
+    has_op = (op >= 0).float()
+    op_loss = torch.nn.functional.cross_entropy(out[:, :n_ops], op.clamp(min=0), reduction="none")
+    second_loss = torch.nn.functional.cross_entropy(out[:, n_ops : n_ops + k], second, reduction="none")
+    shared = (second > 0).float()
+    miss = ((out[:, n_ops + k :] - _stack(targets, "second_params", device)) ** 2).sum(-1)
+    return (
+        (op_loss * has_op).sum() / has_op.sum().clamp(min=1)
+        + (second_loss * covered).sum() / covered.sum().clamp(min=1)
+        + 10.0 * (miss * shared).sum() / shared.sum().clamp(min=1)
+    )
 
 
 def warmup_vision(
@@ -256,6 +317,7 @@ def warmup_vision(
     cache_bytes: int = 2 << 30,
     angle_weight: float = 0.0,
     held_out=None,
+    pair_weight: float = 0.0,
 ) -> WarmupResult:
     """Train ``model``'s vision tower and merger on the dense scene task for ``steps`` steps, in place.
 
@@ -263,7 +325,8 @@ def warmup_vision(
     synthetic stages. Only the vision tower's weights change. Rows' pixels and targets are kept after
     their first draw, up to ``cache_bytes`` of pixels (``RowCache``). ``angle_weight`` > 0 adds the
     angle target of shapes that turn (Stage 2 on), with a head of its own, so that a run without it
-    draws the same numbers as before it existed. With ``held_out`` rows (a dataset like ``dataset``),
+    draws the same numbers as before it existed; ``pair_weight`` > 0 adds the pair targets (each
+    token's operator, and the shape that shares it), with a head of its own too. With ``held_out`` rows (a dataset like ``dataset``),
     the result says what the warmed tower reads there (``read_held_out``).
     """
     if steps <= 0:
@@ -277,10 +340,12 @@ def warmup_vision(
     device = next(visual.parameters()).device
     head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1).to(device)  # drawn on the CPU: same on a GPU
     angle_head = torch.nn.Linear(hidden, 2).to(device) if angle_weight > 0 else None
+    pair_outputs = len(OPERATORS) + len(TYPES) + N_PARAMS
+    pair_head = torch.nn.Linear(hidden, pair_outputs).to(device) if pair_weight > 0 else None
     params = [p for p in visual.parameters() if p.requires_grad]
     if not params:
         raise UsageError("vision warmup: the vision tower is frozen (train_vision_tower: false)")
-    heads = [*head.parameters(), *(angle_head.parameters() if angle_head is not None else ())]
+    heads = [p for h in (head, angle_head, pair_head) if h is not None for p in h.parameters()]
     optimizer = torch.optim.AdamW([*params, *heads], lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     rng = np.random.default_rng(seed)
@@ -312,6 +377,8 @@ def warmup_vision(
             turns = _stack(targets, "turns", device).float()
             miss = ((angle_head(tokens).float() - _stack(targets, "angle", device)) ** 2).sum(-1)
             loss = loss + angle_weight * (miss * turns).sum() / turns.sum().clamp(min=1)
+        if pair_head is not None:
+            loss = loss + pair_weight * _pair_loss(pair_head(tokens).float(), targets, covered, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -329,6 +396,7 @@ def warmup_vision(
     )
     result = WarmupResult(losses)
     if held_out is not None:
-        result.held_out = read_held_out(model, head, angle_head, RowCache(held_out, image_processor, merge))
+        rows = RowCache(held_out, image_processor, merge)
+        result.held_out = read_held_out(model, head, angle_head, rows, pair_head=pair_head)
         logger.info("vision warmup, held out: %s", result.held_out)
     return result

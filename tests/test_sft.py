@@ -282,6 +282,7 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
         tiny_path, dataset, out, "--max_steps", "20", "--per_device_train_batch_size", "4", "--logging_steps", "1",
         "--save_steps", "10", "--learning_rate", "2e-3", "--warmup_steps", "2", "--vision_warmup_steps", "4",
         "--vision_warmup_batch_size", "4", "--vision_freeze_after_warmup", "true",
+        "--vision_warmup_pair_weight", "1",
     )  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -304,6 +305,7 @@ def test_sft_trains_tiny_model_and_loss_falls(tiny_path, dataset, tmp_path):
     # then read the dataset's 4 test pictures through its heads: what the tower sees, recorded
     assert warmup["held_out"]["rows"] == 4 and set(warmup["held_out"]["types"]) == {"circle"}
     assert "angle_error" not in warmup["held_out"]  # no angle target unless the recipe asks
+    assert {"op_accuracy", "second_accuracy"} <= set(warmup["held_out"])  # pair targets: it asked for them
     # and the tower it trained stayed as it was through SFT, while the language model moved on
     from safetensors.torch import load_file
 

@@ -47,9 +47,8 @@ for path in sys.argv[2:]:
     right = np.where(n_true == 2, p2, 1 - p2)
     print(
         path,
-        "mass on One/Two %.3f" % np.mean(masses),
-        "| P(right count): median %.3f, share < 0.5: %.2f, share in [0.2, 0.8]: %.2f"
-        % (np.median(right), (right < 0.5).mean(), ((p2 > 0.2) & (p2 < 0.8)).mean()),
-        "| singles mean P(two) %.3f, pairs mean P(two) %.3f"
-        % (p2[n_true == 1].mean(), p2[n_true == 2].mean()),
+        f"mass on One/Two {np.mean(masses):.3f}",
+        f"| P(right count): median {np.median(right):.3f}, share < 0.5: {(right < 0.5).mean():.2f},",
+        f"share in [0.2, 0.8]: {((p2 > 0.2) & (p2 < 0.8)).mean():.2f}",
+        f"| singles mean P(two) {p2[n_true == 1].mean():.3f}, pairs mean P(two) {p2[n_true == 2].mean():.3f}",
     )

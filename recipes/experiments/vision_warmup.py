@@ -6,7 +6,8 @@
 Builds the tiny model, runs ``earthshader.vision_warmup.warmup_vision`` on the dataset's train split
 and saves model and processor to OUT. Prints the seconds taken and the loss every tenth of the run, then
 what the warmed tower reads on the dataset's test split (``read_held_out``). ``--model`` warms an
-existing model's tower instead (a Stage-1 model's, for Stage 2), ``--angle-weight`` adds the angle target.
+existing model's tower instead (a Stage-1 model's, for Stage 2), ``--angle-weight`` adds the angle target,
+``--pair-weight`` the pair targets (each token's operator, and a second shape sharing it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=None, help="image area after resizing (224 px: 50176)")
     parser.add_argument("--model", default=None, help="warm this model's tower (default: a fresh tiny model)")
     parser.add_argument("--angle-weight", type=float, default=0.0)
+    parser.add_argument("--pair-weight", type=float, default=0.0)
     parser.add_argument("--held-out", type=int, default=400, help="test rows to read afterwards (0: none)")
     args = parser.parse_args()
     model, processor = load_model_and_processor(
@@ -47,6 +49,7 @@ def main() -> None:
         progress=False,
         angle_weight=args.angle_weight,
         held_out=test,
+        pair_weight=args.pair_weight,
     )
     losses = result.losses
     every = max(1, args.steps // 10)
