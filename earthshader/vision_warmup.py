@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 TYPES = ("none", *PRIMITIVES)  # class 0: no shape covers the token's square
 N_PARAMS = 4  # x, y, first size, second size (0 where a primitive has one)
+PAIR_OUTPUTS = len(OPERATORS) + len(TYPES) + N_PARAMS  # the pair head: operator, second type, its params
 SAMPLES_PER_SIDE = 8  # points per token side at which the shapes' distance functions are read
 
 
@@ -107,10 +108,11 @@ def token_targets(scene: Scene, tokens_h: int, tokens_w: int) -> TokenTargets:
     joins = [OPERATORS.index(op.kind) for op in scene.ops]
     shape_op = np.array(joins[:1] + joins if joins else [-1] * len(scene.shapes))
     op = np.where(covered, shape_op[owner], -1)
-    ranked = np.argsort(-counts, axis=0, kind="stable")  # ties go to the earlier shape, as argmax does
-    runner = ranked[1] if len(scene.shapes) > 1 else owner
-    # ranked[0] is the owner; with one shape there is no runner-up to share a token with
-    shared = (np.take_along_axis(counts, runner[None], axis=0)[0] > 0) & (len(scene.shapes) > 1)
+    if len(scene.shapes) > 1:  # the runner-up: second in a stable sort whose first is the owner
+        runner = np.argsort(-counts, axis=0, kind="stable")[1]  # ties go to the earlier shape, as argmax
+        shared = np.take_along_axis(counts, runner[None], axis=0)[0] > 0
+    else:  # one shape: no runner-up to share a token with
+        runner, shared = owner, np.zeros_like(covered)
     second = np.where(shared, [type_index[scene.shapes[i].type_name] for i in runner], 0)
     second_params = np.where(shared[:, None], params_by_shape[runner], 0.0).astype(np.float32)
     return TokenTargets(
@@ -259,15 +261,13 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
             diff = torch.remainder(diff + torch.pi, 2 * torch.pi) - torch.pi  # on the period's circle
             angle += (diff.abs() / (2 * torch.pi) * periods)[turns].tolist()
         if pair_head is not None:
-            pair = pair_head(tokens).float().cpu()
+            op_logits, second_logits, second_params = _pair_parts(pair_head(tokens).float().cpu())
             op, second = _stack(targets, "op", "cpu"), _stack(targets, "second", "cpu")
-            op_right += (pair[:, : len(OPERATORS)].argmax(-1) == op)[op >= 0].tolist()
+            op_right += (op_logits.argmax(-1) == op)[op >= 0].tolist()
             shared = second > 0
-            guess = pair[:, len(OPERATORS) : len(OPERATORS) + k].argmax(-1)
-            second_right += (guess == second)[shared].tolist()
+            second_right += (second_logits.argmax(-1) == second)[shared].tolist()
             truth = _stack(targets, "second_params", "cpu")[:, :2]
-            at = len(OPERATORS) + k
-            second_centre += (pair[:, at : at + 2] - truth).norm(dim=-1)[shared].tolist()
+            second_centre += (second_params[:, :2] - truth).norm(dim=-1)[shared].tolist()
     model.model.visual.train(was_training)
     right_by = {}
     for name, ok in zip(names, right, strict=True):
@@ -288,16 +288,22 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
     return figures
 
 
+def _pair_parts(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair head's (tokens, PAIR_OUTPUTS) output, split: operator logits, second type logits,
+    second shape's parameters."""
+    return torch.split(out, [len(OPERATORS), len(TYPES), N_PARAMS], dim=-1)
+
+
 def _pair_loss(out: torch.Tensor, targets: list[TokenTargets], covered: torch.Tensor, device) -> torch.Tensor:
     """The pair head's loss: the covering shape's operator, the second shape's type (on covered
     tokens) and, where there is one, its parameters, each a mean over the tokens it applies to."""
+    op_logits, second_logits, second_params = _pair_parts(out)
     op, second = _stack(targets, "op", device), _stack(targets, "second", device)
-    k, n_ops = len(TYPES), len(OPERATORS)
     has_op = (op >= 0).float()
-    op_loss = torch.nn.functional.cross_entropy(out[:, :n_ops], op.clamp(min=0), reduction="none")
-    second_loss = torch.nn.functional.cross_entropy(out[:, n_ops : n_ops + k], second, reduction="none")
+    op_loss = torch.nn.functional.cross_entropy(op_logits, op.clamp(min=0), reduction="none")
+    second_loss = torch.nn.functional.cross_entropy(second_logits, second, reduction="none")
     shared = (second > 0).float()
-    miss = ((out[:, n_ops + k :] - _stack(targets, "second_params", device)) ** 2).sum(-1)
+    miss = ((second_params - _stack(targets, "second_params", device)) ** 2).sum(-1)
     return (
         (op_loss * has_op).sum() / has_op.sum().clamp(min=1)
         + (second_loss * covered).sum() / covered.sum().clamp(min=1)
@@ -340,8 +346,7 @@ def warmup_vision(
     device = next(visual.parameters()).device
     head = torch.nn.Linear(hidden, len(TYPES) + N_PARAMS + 1).to(device)  # drawn on the CPU: same on a GPU
     angle_head = torch.nn.Linear(hidden, 2).to(device) if angle_weight > 0 else None
-    pair_outputs = len(OPERATORS) + len(TYPES) + N_PARAMS
-    pair_head = torch.nn.Linear(hidden, pair_outputs).to(device) if pair_weight > 0 else None
+    pair_head = torch.nn.Linear(hidden, PAIR_OUTPUTS).to(device) if pair_weight > 0 else None
     params = [p for p in visual.parameters() if p.requires_grad]
     if not params:
         raise UsageError("vision warmup: the vision tower is frozen (train_vision_tower: false)")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from compare_audits import load_report  # this folder is on sys.path when the script runs
 
-from earthshader.scenes import _OP_WORDS, scene_from_json
+from earthshader.scenes import OPERATORS, Op, scene_from_json
 
-# the word that follows the first shape, per operator ("smoothly merged (k 0.10) with": its first words)
-_WORD = {kind: words.split(" (")[0] for kind, words in _OP_WORDS.items()}
+# the words that follow the first shape, per operator ("smoothly merged (k 0.10) with": before the k)
+_WORD = {kind: Op(kind).words().split(" (")[0] for kind in OPERATORS}
 _FIRST = re.compile("|".join(re.escape(w) for w in sorted(_WORD.values(), key=len, reverse=True)))
 
 
@@ -35,7 +36,7 @@ def main(paths: list[str]) -> None:
     from datasets import load_from_disk
 
     for path in paths:
-        report = load_report(path if path.endswith(".json") else f"{path}/report.json", "pair_ops")
+        report = load_report(str(Path(path) / "report.json" if Path(path).is_dir() else path), "pair_ops")
         data = load_from_disk(report["data"])[report["split"]]
         confusion: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for s in report["samples"]:
