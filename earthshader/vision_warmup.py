@@ -229,15 +229,17 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
 
     ``type_accuracy``: share of covered tokens whose covering primitive is named right (and per type,
     ``types``); ``none_accuracy``: share of empty tokens called empty; ``centre_error``: median distance
-    of the covering shape's predicted centre from the truth (uv units); ``angle_error``: median error
-    of the turn of shapes that can turn (radians, within the shape's symmetry period), with an angle head.
+    of the covering shape's predicted centre from the truth (uv units); ``size_error``: median error
+    of its sizes (uv units, the mean over the first two it has: a radius, a box's half sides);
+    ``angle_error``: median error of the turn of shapes that can turn (radians, within the shape's
+    symmetry period), with an angle head.
     With a pair head: ``op_accuracy`` (share of covered tokens of scenes with operators whose covering
     shape's operator is named right), ``second_accuracy`` (share of tokens two shapes share whose second
     shape's type is named right) and ``second_centre_error`` (the median error of its centre).
     """
     was_training = model.model.visual.training
     model.model.visual.eval()
-    names, right, empty_right, centre, angle = [], [], [], [], []
+    names, right, empty_right, centre, size, angle = [], [], [], [], [], []
     op_right, second_right, second_centre = [], [], []
     k = len(TYPES)
     for lo in range(0, len(cache.dataset), batch_size):
@@ -250,8 +252,11 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
         names += [TYPES[i] for i in types[covered].tolist()]
         right += (guess == types)[covered].tolist()
         empty_right += (guess == 0)[~covered].tolist()
-        xy = _stack(targets, "params", "cpu")[:, :2]
-        centre += (out[:, k : k + 2] - xy).norm(dim=-1)[covered].tolist()
+        params = _stack(targets, "params", "cpu")
+        centre += (out[:, k : k + 2] - params[:, :2]).norm(dim=-1)[covered].tolist()
+        has = params[:, 2:N_PARAMS] != 0  # a second size only where the primitive has one
+        miss = ((out[:, k + 2 : k + N_PARAMS] - params[:, 2:N_PARAMS]).abs() * has).sum(-1)
+        size += (miss / has.sum(-1).clamp(min=1))[covered].tolist()
         if angle_head is not None:
             turns = _stack(targets, "turns", "cpu")
             periods = torch.tensor([PRIMITIVES[TYPES[i]].angle_period if i else 0.0 for i in types.tolist()])
@@ -278,6 +283,7 @@ def read_held_out(model, head, angle_head, cache: RowCache, batch_size: int = 32
         "none_accuracy": float(np.mean(empty_right)) if empty_right else None,
         "types": {name: float(np.mean(v)) for name, v in sorted(right_by.items())},
         "centre_error": float(np.median(centre)) if centre else None,
+        "size_error": float(np.median(size)) if size else None,
     }
     if angle_head is not None:
         figures["angle_error"] = float(np.median(angle)) if angle else None
