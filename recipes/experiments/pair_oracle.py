@@ -9,9 +9,10 @@ as drawn), "centres + shapes" leaves only the answer's structure, and "structure
 is the truth itself (a check: about 0). Errors interact (a shape moved to its right centre under a
 wrong cut can remove more of the picture), so the rows that keep one part of the answer and take
 the rest from the truth say best what that part costs. The answers with another count are left out
-and counted.
+and counted. The truth and the targets are read from the audited dataset (the report's ``data``),
+row by row (the audit's ``index``).
 
-    .venv/bin/python recipes/experiments/pair_oracle.py DATA AUDIT [AUDIT ...]
+    .venv/bin/python recipes/experiments/pair_oracle.py AUDIT [AUDIT ...]   # folders or report.json files
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
+from compare_audits import load_report  # this folder is on sys.path when the script runs
 from datasets import load_from_disk
 from scipy.optimize import linear_sum_assignment
 
+from earthshader.audit import pixel_mse
 from earthshader.render import render_many
 from earthshader.scenes import Scene, from_glsl, scene_from_json, to_glsl
 
@@ -51,13 +52,9 @@ def variant(pred: Scene, truth: Scene, match: np.ndarray, taken: tuple[str, ...]
     return Scene(tuple(shapes), truth.ops if "structure" in taken else pred.ops)
 
 
-def oracle(data, audit: Path) -> tuple[dict[tuple[str, ...], float], int, int]:
+def oracle(report: dict) -> tuple[dict[tuple[str, ...], float], int, int]:
     """Mean MSE of each variant over the answers with the truth's count, how many those are, and of how many."""
-    try:
-        report = json.loads((audit / "report.json").read_text())
-    except (OSError, ValueError) as exc:
-        sys.exit(f"pair_oracle: {audit}: not an audit folder ({exc})")
-    rows = data[report["split"]]
+    rows = load_from_disk(report["data"])[report["split"]]
     codes, targets, kept = [], [], 0
     for sample in report["samples"]:
         row = rows[sample["index"]]
@@ -74,17 +71,20 @@ def oracle(data, audit: Path) -> tuple[dict[tuple[str, ...], float], int, int]:
     for k, result in enumerate(results):
         target = targets[k // len(VARIANTS)]
         image = result.image if result.image is not None else np.zeros_like(target)
-        sums[VARIANTS[k % len(VARIANTS)]] += float(((image - target) ** 2).mean())
+        sums[VARIANTS[k % len(VARIANTS)]] += pixel_mse(image, target)
     return {v: s / max(kept, 1) for v, s in sums.items()}, kept, len(report["samples"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", help="the dataset the audits ran on")
-    parser.add_argument("audits", nargs="+", help="audit folders (earthshader eval --out)")
+    parser.add_argument(
+        "audits", nargs="+", help="audit folders (earthshader eval --out) or their report.json"
+    )
     args = parser.parse_args()
-    data = load_from_disk(args.data)
-    results = [(Path(a).name, *oracle(data, Path(a))) for a in args.audits]
+    results = []
+    for audit in map(Path, args.audits):
+        report = load_report(str(audit / "report.json" if audit.is_dir() else audit), "pair_oracle")
+        results.append((audit.name if audit.is_dir() else audit.parent.name, *oracle(report)))
     print(
         "| from the truth | " + " | ".join(f"{name} ({kept} of {n})" for name, _, kept, n in results) + " |"
     )

@@ -44,7 +44,10 @@ def main() -> int:
         batch["image"] = [{"bytes": png_bytes(r.image), "path": None} for r in results]
         return batch
 
-    dataset = load_from_disk(str(source)).map(redo, batched=True, batch_size=256)
+    try:
+        dataset = load_from_disk(str(source)).map(redo, batched=True, batch_size=256)
+    except RuntimeError as exc:
+        return f"rerender: {source}: {exc}"
     dataset.save_to_disk(str(out))
     meta = json.loads((source / META).read_text())
     meta.update(size=args.size, rerendered_from=str(source))
