@@ -35,7 +35,12 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from earthshader.errors import UsageError
-from earthshader.models import EarthShaderModelConfig, load_model_and_processor, load_processor
+from earthshader.models import (
+    EarthShaderModelConfig,
+    add_compact_lm_head,
+    load_model_and_processor,
+    load_processor,
+)
 from earthshader.runlog import LOG_FILE, JsonlLogCallback
 from rewards import REWARDS, SharedRenders, get_reward_funcs
 from rewards.shared import BatchRecord, rendered
@@ -359,6 +364,10 @@ def build_trainer(
         processing_class=processor,
         callbacks=callbacks,
     )
+    # TRL's fused head scores every position on a CPU, prompts too; this scores the completions only
+    for scored in (trainer.model, trainer.ref_model):
+        if scored is not None:
+            add_compact_lm_head(scored, temperature=args.temperature, cast_to_fp32=args.cast_lm_head_to_fp32)
     trainer.renders = renders  # for callers that read render stats
     return trainer
 

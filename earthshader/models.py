@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -728,6 +729,93 @@ def compile_language_model(model) -> bool:
         logger.warning("no C++ compiler found: the language model runs uncompiled")
         return False
     model.get_decoder().compile(dynamic=True)
+    return True
+
+
+# Text configs' logit transforms that TRL's fused head applies and the compact head below does not
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+def add_compact_lm_head(model, temperature: float = 1.0, cast_to_fp32: bool = False) -> bool:
+    """Score only the labelled positions when TRL's fused LM head runs on a device without Triton.
+
+    TRL's trainers patch ``model.forward`` (``trl.trainer.utils.add_fused_lm_head``) so that
+    ``model(..., labels=..., fused_lm_head=True)`` returns per-token log-probabilities without the full
+    logits. On a GPU its Triton kernel scores the positions that have a label. Elsewhere it scores every
+    position, prompt and padding too, in about ten unfused passes over each ``(tokens, vocab)`` tile
+    in fp32. The tiny model's vocabulary is 1,408 tokens, so those passes cost more than the decoder
+    does; only about half of an SFT batch's positions carry a label.
+
+    This wraps the patched forward once more. On a device without Triton it projects only the labelled
+    positions and takes one ``log_softmax``: the same log-probabilities, entropy and top-1 flags, in
+    the same ``FusedCausalLMOutput``. On CUDA/XPU devices, and for models whose configs transform
+    their logits (softcapping, scales), it calls TRL's forward. ``temperature`` and ``cast_to_fp32``
+    are what the trainer gave TRL's head (GRPO's sampling temperature, ``cast_lm_head_to_fp32``).
+    Returns whether it wrapped ``model``. Call it after TRL's trainer is built: it finds the model TRL
+    patched (the base model of a PEFT model) itself.
+    """
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    text_config = model.config.get_text_config()
+    if any(getattr(text_config, name, None) is not None for name in _LOGIT_TRANSFORMS):
+        return False
+    fused_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, **kwargs):
+        lm_head = self.get_output_embeddings()
+        if (
+            not fused_lm_head
+            or labels is None
+            or shift_labels is not None
+            or lm_head.weight.device.type in ("cuda", "xpu")
+            or kwargs.get("output_router_logits")
+        ):
+            return fused_forward(
+                *args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels, **kwargs
+            )
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels = labels[:, 1:].to(hidden.device)
+        mask = labels != -100
+        targets = labels[mask]
+        if cast_to_fp32:
+            with torch.autocast(hidden.device.type, enabled=False):
+                bias = None if lm_head.bias is None else lm_head.bias.float()
+                logits = torch.nn.functional.linear(hidden[mask].float(), lm_head.weight.float(), bias)
+        else:
+            logits = lm_head(hidden[mask]).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_p = torch.log_softmax(logits, dim=-1)
+        picked = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        is_top1 = logits.detach().argmax(-1) == targets
+
+        def per_token(values: torch.Tensor) -> torch.Tensor:
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        log_probs = per_token(picked)
+        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / denominator,
+            log_probs=log_probs,
+            entropy=per_token(entropy),
+            is_top1=per_token(is_top1),
+            label_mask=mask,
+        )
+
+    model.trl_fused_forward = fused_forward  # for comparisons (tests, bench/lm_head.py)
+    model.forward = types.MethodType(forward, model)
     return True
 
 

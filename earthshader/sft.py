@@ -368,6 +368,9 @@ class WeightedSFTTrainer(SFTTrainer):
             data_collator = WeightedVLMCollator(processing_class, config.weights(), config.max_length)
         self._staging_dir: str | None = None
         super().__init__(*args, data_collator=data_collator, **kwargs)
+        from earthshader.models import add_compact_lm_head
+
+        add_compact_lm_head(self.model)  # TRL's fused head scores every position on a CPU
 
     # -- the optimizer
 

@@ -153,6 +153,9 @@ def test_grpo_trains_with_real_renders_and_parameters_change(first_run, warm_mod
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} tensors changed"
+    # the completions' log-probabilities came from the compact head (only their positions projected)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    assert hasattr(policy, "trl_fused_forward") and policy.forward != policy.trl_fused_forward
     # One render call per reward batch (per step here), whatever the number of rewards.
     assert trainer.renders.stats["calls"] == trainer.renders.stats["batches"] == 2
 

@@ -150,6 +150,67 @@ def test_weighted_loss_matches_hand_computation(tiny_path, dataset, tmp_path):
         )
 
 
+@pytest.mark.parametrize("temperature, cast_to_fp32", [(1.0, False), (0.7, True)])
+def test_compact_lm_head_matches_trls_fused_head(tiny_path, dataset, temperature, cast_to_fp32):
+    """The compact head gives TRL's per-token outputs and gradients, projecting the labelled positions only."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    config = models.EarthShaderModelConfig(model_name_or_path=str(tiny_path))
+    model, processor = models.load_model_and_processor(config)
+    add_fused_lm_head(
+        model,
+        temperature=temperature,
+        cast_lm_head_to_fp32=cast_to_fp32,
+        outputs=("log_probs", "entropy", "is_top1"),
+    )
+    assert models.add_compact_lm_head(model, temperature=temperature, cast_to_fp32=cast_to_fp32)
+    batch = WeightedVLMCollator(processor, {REASONING: 1.0, CODE: 1.0, FENCE: 1.0, END: 1.0})(
+        _rows(dataset, 3)
+    )
+    assert (batch["attention_mask"] == 0).any(), "the batch should hold padding"
+    inputs = {k: v for k, v in batch.items() if k not in ("loss_weights", "token_class")}
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    projected = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: projected.append(args[0].shape[0])
+    )
+
+    def run(forward):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast_to_fp32):
+            out = forward(**inputs, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out, grads
+
+    trl, trl_grads = run(model.trl_fused_forward)
+    assert projected == [], "TRL's head does not call the lm_head module"
+    compact, compact_grads = run(model.forward)
+    if not cast_to_fp32:  # (in fp32 it projects with the head's weights, not through the module)
+        assert projected == [labelled] and labelled < batch["input_ids"].numel() * 0.8
+    assert torch.equal(compact.label_mask, trl.label_mask)
+    for field in ("log_probs", "entropy"):
+        got, want = getattr(compact, field), getattr(trl, field)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (field, (got - want).abs().max())
+    assert torch.equal(compact.is_top1, trl.is_top1)
+    assert torch.allclose(compact.loss, trl.loss, rtol=1e-5)
+    assert compact_grads.keys() == trl_grads.keys()
+    for name, want in trl_grads.items():
+        error = float((compact_grads[name] - want).abs().max() / want.abs().max())
+        assert error < (2e-2 if cast_to_fp32 else 1e-4), (name, error)  # the backbone in bf16 there
+    # without fused_lm_head the model is the model: full logits, as generation needs
+    with torch.no_grad():
+        assert model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.shape[-1] == len(
+            processor.tokenizer
+        )
+
+
+def test_weighted_sft_trainer_installs_the_compact_head(tiny_path, dataset, tmp_path):
+    trainer = _trainer(tiny_path, dataset, tmp_path)
+    assert hasattr(trainer.model, "trl_fused_forward")
+    assert trainer.model.forward != trainer.model.trl_fused_forward
+
+
 def test_vision_learning_rate_trains_the_tower_at_its_own_rate(tiny_path, dataset, tmp_path):
     """With vision_learning_rate the tower and merger sit in optimizer groups of their own rate, which
     the schedule scales as it scales the rest; every trainable tensor is in exactly one group."""
