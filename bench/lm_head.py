@@ -16,8 +16,15 @@ largest difference of the two gradients over the largest gradient. With ``--comp
 decoder is compiled first (``compile_language_model``, as the tiny recipes do), outside the timings.
 The last line is one JSON object.
 
+With ``--train-steps N`` it instead runs a recipe's real ``trainer.train()`` for N steps with each
+head, one after the other in this process, each from a fresh trainer built as ``earthshader sft``
+builds it (data loading, collation, clipping and logging included), and compares the median time
+between step ends after the first 20 (``train_compact_speedup``).
+
     OMP_NUM_THREADS=2 .venv/bin/python bench/lm_head.py [--reps 20] [--data data/stage1]
         [--model runs/tiny-sft] [--freeze-vision] [--compile]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/lm_head.py --train-steps 160 --data data/stage1
+        --model runs/tiny-sft [--recipe recipes/tiny/sft_mix.yaml] [-- extra recipe arguments]
 """
 
 from __future__ import annotations
@@ -47,7 +54,13 @@ def main() -> None:
     parser.add_argument("--freeze-vision", action="store_true", help="freeze the vision tower")
     parser.add_argument("--compile", action="store_true", help="compile the text decoder first")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--train-steps", type=int, default=0, help="time real training instead")
+    parser.add_argument("--recipe", default=str(ROOT / "recipes/tiny/sft_mix.yaml"))
+    parser.add_argument("extra", nargs="*", help="recipe overrides for --train-steps (after --)")
     args = parser.parse_args()
+    if args.train_steps:
+        train_both_ways(args)
+        return
 
     import torch
     from conftest_sft import make_circle_dataset
@@ -159,6 +172,59 @@ def main() -> None:
         f"({trl_s / compact_s:.2f}x); loss difference {loss_diff:.1e}, gradient {grad_rel_diff:.1e} of the largest"
     )
     print(json.dumps(result))
+
+
+def train_both_ways(args) -> None:
+    """The recipe's real training for ``args.train_steps`` steps with each head, in this process."""
+    from transformers import TrainerCallback
+
+    from earthshader import sft
+    from earthshader.models import compile_language_model
+
+    class StepEnds(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_end(self, _args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    tmp = Path(tempfile.mkdtemp(prefix="es_bench_lm_head_"))
+    medians = {}
+    for head in ("compact", "trl"):
+        argv = ["--config", args.recipe, "--dataset_path", args.data, "--max_steps", str(args.train_steps)]
+        argv += ["--save_steps", "1000000", "--report_to", "none", "--logging_steps", "1000"]
+        argv += [
+            "--output_dir",
+            str(tmp / head),
+            *(["--model_name_or_path", args.model] if args.model else []),
+        ]
+        script_args, training_args, model_args = sft.parse_args(argv + args.extra)
+        trainer = sft.build_trainer(script_args, training_args, model_args)
+        if head == "trl":
+            trainer.model.forward = trainer.model.trl_fused_forward
+        if training_args.compile_language_model:
+            compile_language_model(trainer.model)
+        ends = StepEnds()
+        trainer.add_callback(ends)
+        trainer.train()
+        medians[head] = statistics.median(
+            b - a for a, b in zip(ends.times[20:], ends.times[21:], strict=False)
+        )
+    print(
+        json.dumps(
+            {
+                "train_trl_step_s": round(medians["trl"], 4),
+                "train_compact_step_s": round(medians["compact"], 4),
+                "train_compact_speedup": round(medians["trl"] / medians["compact"], 3),
+                "recipe": args.recipe,
+                "data": args.data,
+                "model": args.model,
+                "extra": args.extra,
+                "steps": args.train_steps,
+                "calibration_ms": calibration_ms(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

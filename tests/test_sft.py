@@ -205,6 +205,32 @@ def test_compact_lm_head_matches_trls_fused_head(tiny_path, dataset, temperature
         )
 
 
+def test_compact_lm_head_finds_the_base_model_of_a_peft_model(tiny_path, dataset):
+    """TRL patches a PEFT model's base model; the compact head wraps that one, and the adapter's call reaches it."""
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, processor = models.load_model_and_processor(
+        models.EarthShaderModelConfig(model_name_or_path=str(tiny_path))
+    )
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    add_fused_lm_head(peft.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    assert models.add_compact_lm_head(peft)
+    batch = WeightedVLMCollator(processor, {REASONING: 1.0, CODE: 1.0, FENCE: 1.0, END: 1.0})(
+        _rows(dataset, 2)
+    )
+    inputs = {k: v for k, v in batch.items() if k not in ("loss_weights", "token_class")}
+    projected = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: projected.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        out = peft(**inputs, fused_lm_head=True)
+        want = peft.get_base_model().trl_fused_forward(**inputs, fused_lm_head=True)
+    assert projected == [int((batch["labels"][:, 1:] != -100).sum())]
+    assert torch.allclose(out.log_probs, want.log_probs, rtol=1e-4, atol=1e-5)
+
+
 def test_weighted_sft_trainer_installs_the_compact_head(tiny_path, dataset, tmp_path):
     trainer = _trainer(tiny_path, dataset, tmp_path)
     assert hasattr(trainer.model, "trl_fused_forward")
