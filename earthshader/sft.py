@@ -36,7 +36,12 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 from earthshader.errors import UsageError
-from earthshader.models import EarthShaderModelConfig, cpu_bf16_speedup, load_model_and_processor
+from earthshader.models import (
+    EarthShaderModelConfig,
+    add_compact_lm_head,
+    cpu_bf16_speedup,
+    load_model_and_processor,
+)
 from earthshader.runlog import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
@@ -368,8 +373,6 @@ class WeightedSFTTrainer(SFTTrainer):
             data_collator = WeightedVLMCollator(processing_class, config.weights(), config.max_length)
         self._staging_dir: str | None = None
         super().__init__(*args, data_collator=data_collator, **kwargs)
-        from earthshader.models import add_compact_lm_head
-
         add_compact_lm_head(self.model)  # TRL's fused head scores every position on a CPU
 
     # -- the optimizer
