@@ -42,6 +42,13 @@ from transformers import (
     Qwen2VLProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    ALL_ATTENTION_FUNCTIONS,
+    VisionAttention,
+    apply_rotary_pos_emb_vision,
+    eager_attention_forward,
+    is_flash_attention_requested,
+)
 from transformers.processing_utils import ProcessorMixin
 from trl import ModelConfig
 
@@ -646,6 +653,7 @@ def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing
     except OSError as exc:
         raise _not_found(name, exc) from None
     patch_embed_as_linear(model)
+    batch_vision_attention(model)
 
     if quant is not None:
         from peft import prepare_model_for_kbit_training
@@ -691,6 +699,57 @@ def patch_embed_as_linear(model) -> int:
             and proj.groups == 1
         ):
             module.forward = _linear_patch_embed_forward.__get__(module)
+            changed += 1
+    return changed
+
+
+def _batched_vision_attention_forward(
+    self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs
+):
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if is_flash_attention_requested(self.config) or len(set(lengths)) != 1:  # the class's own paths
+        return type(self).forward(
+            self, hidden_states, cu_seqlens, position_embeddings=position_embeddings, max_seqlen=max_seqlen, **kwargs
+        )
+    seq_length, chunks = hidden_states.shape[0], len(lengths)
+    qkv = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+
+    def by_chunk(states: torch.Tensor) -> torch.Tensor:  # (seq, heads, dim) -> (chunks, heads, length, dim)
+        return states.reshape(chunks, lengths[0], self.num_heads, -1).transpose(1, 2)
+
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    out, _ = attention(
+        self,
+        by_chunk(query),
+        by_chunk(key),
+        by_chunk(qkv[2]),
+        attention_mask=None,
+        scaling=self.scaling,
+        dropout=0.0 if not self.training else self.attention_dropout,
+        is_causal=False,
+        **kwargs,
+    )  # (chunks, length, heads, dim): the chunks in order, as the class's concatenation leaves them
+    return self.proj(out.reshape(seq_length, -1).contiguous())
+
+
+def batch_vision_attention(model) -> int:
+    """Attend within all of a batch's pictures in one call where they have the same size; returns
+    modules changed.
+
+    Outside flash attention, Qwen2-VL's vision attention splits the batch's patches picture by picture
+    and calls the attention once for each, then concatenates: a vision warmup step of 32 pictures
+    makes 128 small SDPA calls forward and as many backward, with the splits' and concatenations'
+    copies. Where every picture has the same number of patches (a synthetic stage's pictures all do),
+    that is one batched call over ``(pictures, heads, patches, dim)``, the same numbers
+    (``bench/vision.py``). Pictures of different sizes, and flash attention's packed path, take the
+    class's own forward. Only ``forward`` changes: weights, names and saved files do not.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module) is VisionAttention:
+            module.forward = _batched_vision_attention_forward.__get__(module)
             changed += 1
     return changed
 

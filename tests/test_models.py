@@ -232,6 +232,48 @@ def test_patch_embedding_runs_as_a_linear_map_with_the_convolutions_weights(tiny
     assert torch.allclose(again.model.visual.patch_embed(patches), as_conv, atol=1e-5)
 
 
+def _tower_on(model, pixels, grid):
+    """The vision tower's merged tokens and its parameters' gradients for one batch."""
+    model.model.visual.zero_grad(set_to_none=True)
+    tokens = model.model.get_image_features(pixels, grid).pooler_output
+    tokens = torch.cat(list(tokens)) if isinstance(tokens, tuple | list) else tokens
+    tokens.square().sum().backward()
+    return tokens.detach(), [p.grad.clone() for p in model.model.visual.parameters()]
+
+
+@pytest.mark.parametrize("sizes", [[(8, 8)] * 3, [(8, 8), (4, 4), (8, 8)]], ids=["same", "mixed"])
+def test_vision_attention_in_one_call_is_the_per_picture_attention(tiny_home, monkeypatch, sizes):
+    model, _ = load_model_and_processor(EarthShaderModelConfig(train_vision_tower=True))
+    attentions = [block.attn for block in model.model.visual.blocks]
+    assert all("forward" in vars(a) for a in attentions)  # load_model_and_processor swapped it in
+    assert models.batch_vision_attention(model) == len(attentions) > 0
+    grid = torch.tensor([[1, h, w] for h, w in sizes])
+    dim = model.model.visual.patch_embed.proj.weight[0].numel()
+    pixels = torch.randn(int(grid.prod(-1).sum()), dim, generator=torch.Generator().manual_seed(0))
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])  # the batch: pictures attended at once
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    fast, fast_grads = _tower_on(model, pixels, grid)
+    fast_calls, calls[:] = list(calls), []
+    for a in attentions:
+        del a.forward  # the class's own: one call per picture
+    own, own_grads = _tower_on(model, pixels, grid)
+    assert calls == [1] * len(sizes) * len(attentions)
+    if len(set(sizes)) == 1:  # one call a block over all the pictures
+        assert fast_calls == [len(sizes)] * len(attentions)
+    else:  # pictures of different sizes keep the class's path
+        assert fast_calls == calls
+    assert fast.shape == own.shape and fast.abs().max() > 0
+    assert torch.allclose(fast, own, atol=1e-6)
+    for a, b in zip(fast_grads, own_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6 * max(1.0, b.abs().max().item()))
+
+
 def test_compiled_language_model_computes_what_the_eager_one_does_and_saves_the_same_names(
     tiny_home, tmp_path
 ):

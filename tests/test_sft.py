@@ -26,10 +26,12 @@ from earthshader.sft import (  # noqa: E402
     IGNORE,
     REASONING,
     EarthShaderSFTConfig,
+    ShuffledLengthGroupedSampler,
     WeightedSFTTrainer,
     WeightedVLMCollator,
     cli_main,
     completion_char_classes,
+    completion_lengths,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def dataset(tmp_path_factory) -> Path:
     return make_circle_dataset(tmp_path_factory.mktemp("data") / "circles", n_train=32, n_test=4)
 
 
-def _trainer(tiny_path, dataset, tmp_path, **overrides) -> WeightedSFTTrainer:
+def _trainer(tiny_path, dataset, tmp_path, train=None, **overrides) -> WeightedSFTTrainer:
     from datasets import load_from_disk
 
     model, processor = models.load_model_and_processor(
@@ -57,7 +59,7 @@ def _trainer(tiny_path, dataset, tmp_path, **overrides) -> WeightedSFTTrainer:
     return WeightedSFTTrainer(
         model=model,
         args=args,
-        train_dataset=load_from_disk(str(dataset))["train"],
+        train_dataset=load_from_disk(str(dataset))["train"] if train is None else train,
         processing_class=processor,
     )
 
@@ -235,6 +237,59 @@ def test_weighted_sft_trainer_installs_the_compact_head(tiny_path, dataset, tmp_
     trainer = _trainer(tiny_path, dataset, tmp_path)
     assert hasattr(trainer.model, "trl_fused_forward")
     assert trainer.model.forward != trainer.model.trl_fused_forward
+
+
+def test_length_grouped_batches_are_alike_in_length_and_in_random_order():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = torch.randint(160, 271, (4000,), generator=torch.Generator().manual_seed(0)).tolist()
+    ours = list(ShuffledLengthGroupedSampler(lengths, 8, generator=torch.Generator().manual_seed(1)))
+    theirs = list(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(1)))
+    assert sorted(ours) == list(range(len(lengths)))  # every row once
+    assert ours != list(ShuffledLengthGroupedSampler(lengths, 8, generator=torch.Generator().manual_seed(2)))
+
+    def batches(order):
+        return [[lengths[i] for i in order[k : k + 8]] for k in range(0, len(order), 8)]
+
+    def spread(order):  # mean longest-minus-shortest within a batch
+        return sum(max(b) - min(b) for b in batches(order)) / len(batches(order))
+
+    random_order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(3)).tolist()
+    assert spread(ours) == spread(theirs) < spread(random_order) / 10
+
+    def falls(order):  # share of batches no longer than the one before, over one megabatch of 50
+        tops = [max(b) for b in batches(order)[1:50]]
+        return sum(b <= a for a, b in zip(tops, tops[1:], strict=False)) / (len(tops) - 1)
+
+    assert falls(theirs) == 1.0  # transformers' sampler: each megabatch runs from long to short
+    assert falls(ours) < 0.8
+
+
+def test_trainer_batches_by_completion_length_when_asked(tiny_path, dataset, tmp_path):
+    from datasets import load_from_disk
+
+    extra = " It is white on a black background, and its edge is anti-aliased."
+
+    def lengthen(row, i):  # every third row's reasoning gets longer, so lengths differ
+        content = row["completion"][0]["content"][0]
+        if i % 3 == 0:
+            content["text"] = content["text"].replace(".\n```glsl", "." + extra + "\n```glsl", 1)
+        return row
+
+    rows = load_from_disk(str(dataset))["train"].map(lengthen, with_indices=True)
+    trainer = _trainer(
+        tiny_path, dataset, tmp_path, train=rows, length_grouped_batches=True, per_device_train_batch_size=4
+    )
+    tokenizer = trainer.processing_class.tokenizer
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, ShuffledLengthGroupedSampler) and sampler.batch_size == 4
+    texts = [row["completion"][0]["content"][0]["text"] for row in rows]
+    assert sampler.lengths == completion_lengths(rows, tokenizer)
+    assert sampler.lengths == [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert len(set(sampler.lengths)) > 1
+    assert trainer.train().global_step == 1
+    default = _trainer(tiny_path, dataset, tmp_path / "default")
+    assert not isinstance(default._get_train_sampler(), ShuffledLengthGroupedSampler)
 
 
 def test_vision_learning_rate_trains_the_tower_at_its_own_rate(tiny_path, dataset, tmp_path):
