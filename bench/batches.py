@@ -24,10 +24,9 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from machine import calibration_ms, cpu_times, steal_share
+from machine import calibration_ms, cpu_times, steal_share, step_end_recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,17 +42,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import TrainerCallback
 
     from earthshader import sft
     from earthshader.models import compile_language_model
-
-    class StepEnds(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_step_end(self, _args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
 
     tmp = Path(tempfile.mkdtemp(prefix="es_bench_batches_"))
     steps: dict[str, list[float]] = {"random": [], "grouped": []}
@@ -82,7 +73,7 @@ def main() -> None:
             trainer.data_collator = recording
             if training_args.compile_language_model:
                 compile_language_model(trainer.model)
-            ends = StepEnds()
+            ends = step_end_recorder()
             trainer.add_callback(ends)
             trainer.train()
             gaps = [b - a for a, b in zip(ends.times[20:], ends.times[21:], strict=False)]

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import calibration_ms, cpu_times, steal_share
+from machine import calibration_ms, cpu_times, steal_share, step_end_recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -176,17 +176,8 @@ def main() -> None:
 
 def train_both_ways(args) -> None:
     """The recipe's real training for ``args.train_steps`` steps with each head, in this process."""
-    from transformers import TrainerCallback
-
     from earthshader import sft
     from earthshader.models import compile_language_model
-
-    class StepEnds(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_step_end(self, _args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
 
     tmp = Path(tempfile.mkdtemp(prefix="es_bench_lm_head_"))
     medians = {}
@@ -204,7 +195,7 @@ def train_both_ways(args) -> None:
             trainer.model.forward = trainer.model.trl_fused_forward
         if training_args.compile_language_model:
             compile_language_model(trainer.model)
-        ends = StepEnds()
+        ends = step_end_recorder()
         trainer.add_callback(ends)
         trainer.train()
         medians[head] = statistics.median(

@@ -46,3 +46,19 @@ def calibration_ms(repeats: int = 5) -> float:
         np.sort(values)
         times.append(1000 * (time.perf_counter() - start))
     return round(statistics.median(times), 1)
+
+
+def step_end_recorder():
+    """A transformers ``TrainerCallback`` whose ``times`` list gets ``time.perf_counter()`` at each step's end."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepEnds(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_end(self, _args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    return StepEnds()
