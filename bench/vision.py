@@ -103,18 +103,16 @@ def main() -> None:
     def sft_tower() -> None:
         tower_step(sft_batch)
 
+    def output() -> torch.Tensor:  # what the two ways must agree on
+        if args.compare == "embed":
+            return embed(warm_pixels)
+        return torch.cat(model.model.get_image_features(**sft_batch).pooler_output)
+
     with torch.no_grad():
         use(old)
-        if args.compare == "embed":
-            reference = embed(warm_pixels)
-        else:
-            reference = torch.cat(model.model.get_image_features(**sft_batch).pooler_output)
+        reference = output()
         use(new)
-        if args.compare == "embed":
-            max_diff = (embed(warm_pixels) - reference).abs().max().item()
-        else:
-            tokens = torch.cat(model.model.get_image_features(**sft_batch).pooler_output)
-            max_diff = (tokens - reference).abs().max().item()
+        max_diff = (output() - reference).abs().max().item()
 
     tasks = {"warmup": warmup_step, "sft_forward": sft_forward}
     if args.compare == "embed":

@@ -38,6 +38,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 from earthshader.errors import UsageError
+from earthshader.glsl import completion_text
 from earthshader.models import (
     EarthShaderModelConfig,
     add_compact_lm_head,
@@ -368,16 +369,9 @@ class WeightedVLMCollator:
 
 
 def completion_lengths(dataset, tokenizer) -> list[int]:
-    """Tokens in each row's completion text (its ``text`` parts): what varies between a stage's rows."""
-    texts = [
-        "".join(part.get("text") or "" for message in messages for part in _parts(message["content"]))
-        for messages in dataset["completion"]
-    ]
+    """Tokens in each row's completion text: what varies between a stage's rows."""
+    texts = [completion_text(completion) for completion in dataset["completion"]]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def _parts(content) -> list[dict]:
-    return [{"text": content}] if isinstance(content, str) else content
 
 
 class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
