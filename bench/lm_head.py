@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import calibration_ms, cpu_times, steal_share, step_end_recorder
+from machine import calibration_ms, cpu_times, steal_share, train_step_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -176,8 +176,6 @@ def main() -> None:
 
 def train_both_ways(args) -> None:
     """The recipe's real training for ``args.train_steps`` steps with each head, in this process."""
-    from earthshader import sft
-    from earthshader.models import compile_language_model
 
     tmp = Path(tempfile.mkdtemp(prefix="es_bench_lm_head_"))
     medians = {}
@@ -189,18 +187,11 @@ def train_both_ways(args) -> None:
             str(tmp / head),
             *(["--model_name_or_path", args.model] if args.model else []),
         ]
-        script_args, training_args, model_args = sft.parse_args(argv + args.extra)
-        trainer = sft.build_trainer(script_args, training_args, model_args)
-        if head == "trl":
+
+        def trls_head(trainer):
             trainer.model.forward = trainer.model.trl_fused_forward
-        if training_args.compile_language_model:
-            compile_language_model(trainer.model)
-        ends = step_end_recorder()
-        trainer.add_callback(ends)
-        trainer.train()
-        medians[head] = statistics.median(
-            b - a for a, b in zip(ends.times[20:], ends.times[21:], strict=False)
-        )
+
+        medians[head] = train_step_seconds(argv + args.extra, prepare=trls_head if head == "trl" else None)
     print(
         json.dumps(
             {

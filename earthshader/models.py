@@ -35,12 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
+    AttentionInterface,
     AutoImageProcessor,
     AutoModelForImageTextToText,
     AutoProcessor,
     PreTrainedConfig,
     Qwen2VLProcessor,
 )
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     ALL_ATTENTION_FUNCTIONS,
@@ -654,6 +657,8 @@ def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing
         raise _not_found(name, exc) from None
     patch_embed_as_linear(model)
     batch_vision_attention(model)
+    if not cfg.attn_implementation:
+        use_cpu_half_attention(model)
 
     if quant is not None:
         from peft import prepare_model_for_kbit_training
@@ -709,7 +714,12 @@ def _batched_vision_attention_forward(
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if is_flash_attention_requested(self.config) or len(set(lengths)) != 1:  # the class's own paths
         return type(self).forward(
-            self, hidden_states, cu_seqlens, position_embeddings=position_embeddings, max_seqlen=max_seqlen, **kwargs
+            self,
+            hidden_states,
+            cu_seqlens,
+            position_embeddings=position_embeddings,
+            max_seqlen=max_seqlen,
+            **kwargs,
         )
     seq_length, chunks = hidden_states.shape[0], len(lengths)
     qkv = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
@@ -719,7 +729,9 @@ def _batched_vision_attention_forward(
     def by_chunk(states: torch.Tensor) -> torch.Tensor:  # (seq, heads, dim) -> (chunks, heads, length, dim)
         return states.reshape(chunks, lengths[0], self.num_heads, -1).transpose(1, 2)
 
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, eager_attention_forward
+    )
     out, _ = attention(
         self,
         by_chunk(query),
@@ -752,6 +764,88 @@ def batch_vision_attention(model) -> int:
             module.forward = _batched_vision_attention_forward.__get__(module)
             changed += 1
     return changed
+
+
+# The text decoder's default attention (load_model_and_processor): SDPA, but on a CPU in bf16 or fp16 the
+# two matrix products and a softmax of matmul_attention_forward
+CPU_HALF_ATTENTION = "sdpa_matmul_on_cpu"
+
+
+def matmul_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """transformers' SDPA attention, computed as two matrix products and a softmax for half precision on a CPU.
+
+    PyTorch's CPU SDPA kernel in bf16 took 35 ms for a forward and backward of one decoder layer's
+    attention over a mix batch (8 rows of 400 tokens, 4 heads of 64); the products and the softmax,
+    with the scores in the input's dtype as transformers' eager attention has them and the softmax
+    taken in fp32 and returned in bf16, took 19 ms (``bench/attention.py``): the products use the CPU's
+    bf16 matrix units and the few hundred positions' scores fit in memory. Elsewhere (a GPU, fp32, dropout,
+    a position bias, a soft cap) this is ``sdpa_attention_forward`` itself. Takes SDPA's masks
+    (``sdpa_mask``): boolean, True where a position attends, or None for plain causal attention.
+    """
+    # under autocast the rotary embedding hands over fp32 queries and keys that SDPA would cast down
+    half = _cpu_half_dtype(query, value)
+    special = (
+        (dropout and module.training) or kwargs.get("position_bias") is not None or kwargs.get("softcap")
+    )
+    if half is None or special:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups).to(half), repeat_kv(value, groups).to(half)
+    q_length = query.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if attention_mask is None and q_length > 1 and causal:
+        # as sdpa_attention_forward: causal from the first key, keys past the queries dropped
+        key, value = key[:, :, :q_length], value[:, :, :q_length]
+        attention_mask = torch.ones(q_length, q_length, dtype=torch.bool, device=query.device).tril()
+    with torch.autocast("cpu", enabled=False):  # the softmax in half too: fp32 inside, half out
+        scores = torch.matmul((query * scaling).to(half), key.transpose(2, 3))
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # added, not filled in: an addition's backward is free
+                bias = torch.zeros(attention_mask.shape, dtype=half, device=query.device)
+                attention_mask = bias.masked_fill_(~attention_mask, torch.finfo(half).min)
+            scores = scores + attention_mask.to(half)
+        out = torch.matmul(torch.softmax(scores, dim=-1), value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_cpu_half_attention(model) -> bool:
+    """Give the text decoder :func:`matmul_attention_forward` where it has SDPA; returns whether it changed.
+
+    What it computes differs from SDPA only in bf16 or fp16 on a CPU; a recipe's ``attn_implementation``
+    (``sdpa`` for PyTorch's kernel everywhere) keeps what it names. The choice is not saved with the model.
+    """
+    text = getattr(model.config, "text_config", None)
+    if text is None or text._attn_implementation != "sdpa":
+        return False
+    model.set_attn_implementation({"text_config": CPU_HALF_ATTENTION})
+    return True
+
+
+def _cpu_half_dtype(query: torch.Tensor, value: torch.Tensor) -> torch.dtype | None:
+    """The half dtype an attention on a CPU computes in (its inputs', or autocast's), or None."""
+    if query.device.type != "cpu":
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype in (torch.bfloat16, torch.float16) else None
+    return value.dtype if value.dtype in (torch.bfloat16, torch.float16) else None
+
+
+AttentionInterface.register(CPU_HALF_ATTENTION, matmul_attention_forward)
+AttentionMaskInterface.register(CPU_HALF_ATTENTION, sdpa_mask)
 
 
 def is_vision_parameter(name: str) -> bool:

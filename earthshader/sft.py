@@ -177,9 +177,29 @@ class EarthShaderSFTConfig(SFTConfig):
         },
     )
 
+    length_sorted_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw each optimizer step's rows at random, as usual, then order them by completion length, "
+            "so that each of the step's gradient_accumulation_steps micro-batches is padded only to its own "
+            "longest row. The loss is normalised by the whole step's weight, so a step's gradient is that of "
+            "one random batch of per_device_train_batch_size x gradient_accumulation_steps rows: the same "
+            "training, with less padding. Needs gradient_accumulation_steps > 1; not with "
+            "length_grouped_batches."
+        },
+    )
+
     def __post_init__(self):
         if self.cpu_bf16 not in ("auto", "always"):
             raise UsageError(f"cpu_bf16 must be 'auto' or 'always', not {self.cpu_bf16!r}")
+        if self.length_sorted_steps and self.length_grouped_batches:
+            raise UsageError(
+                "length_sorted_steps and length_grouped_batches are two ways to order rows: choose one"
+            )
+        if self.length_sorted_steps and self.gradient_accumulation_steps < 2:
+            raise UsageError(
+                "length_sorted_steps sorts a step's rows into its micro-batches: it needs gradient_accumulation_steps > 1"
+            )
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         # bf16's speedup over fp32 on this CPU, where cpu_bf16 'auto' measured it (sft_run.json records it)
@@ -398,6 +418,29 @@ class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
         return iter([i for b in order for i in batches[b]])
 
 
+class LengthSortedStepSampler(torch.utils.data.Sampler):
+    """Rows in random order, each step's rows sorted by length.
+
+    The rows are shuffled (the generator given, or torch's global one as transformers' samplers use) and
+    cut into steps of ``step_size``; each step's rows are yielded from the shortest to the longest. The
+    trainer's dataloader cuts them into the step's micro-batches, so the short rows share one and the long
+    rows another, and each is padded to its own longest row.
+    """
+
+    def __init__(self, lengths: list[int], step_size: int, generator=None):
+        self.lengths = list(lengths)
+        self.step_size = step_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        steps = (order[i : i + self.step_size] for i in range(0, len(order), self.step_size))
+        return iter([i for step in steps for i in sorted(step, key=self.lengths.__getitem__)])
+
+
 class WeightedSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose loss is the weighted cross-entropy of the module docstring.
 
@@ -422,11 +465,14 @@ class WeightedSFTTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if not self.args.length_grouped_batches or not isinstance(train_dataset, Dataset):
+        ordered = self.args.length_grouped_batches or self.args.length_sorted_steps
+        if not ordered or not isinstance(train_dataset, Dataset):
             return super()._get_train_sampler(train_dataset)
         lengths = completion_lengths(train_dataset, self.processing_class.tokenizer)
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return ShuffledLengthGroupedSampler(lengths, batch)
+        step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        if self.args.length_sorted_steps:
+            return LengthSortedStepSampler(lengths, step)
+        return ShuffledLengthGroupedSampler(lengths, step)
 
     # -- the optimizer
 

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,93 @@ def test_vision_attention_in_one_call_is_the_per_picture_attention(tiny_home, mo
     assert torch.allclose(fast, own, atol=1e-6)
     for a, b in zip(fast_grads, own_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6 * max(1.0, b.abs().max().item()))
+
+
+def _attention_case(case: str, dtype):
+    """Queries, keys, values and an SDPA mask for one attention call of 4 heads sharing 2 key-value heads."""
+    from transformers.masking_utils import sdpa_mask
+
+    generator = torch.Generator().manual_seed(0)
+    batch, length = 3, 24
+    queries = 1 if case == "decode" else length  # decode: one new token against a cache of 24
+    q = torch.randn(batch, 4, queries, 16, generator=generator) * 2
+    k, v = (torch.randn(batch, 2, length, 16, generator=generator) * 2 for _ in range(2))
+    mask = None
+    if case == "padded":
+        padding = torch.arange(length)[None, :] < torch.tensor([length, 17, 9])[:, None]
+        mask = sdpa_mask(batch_size=batch, q_length=length, kv_length=length, attention_mask=padding)
+        assert mask is not None and mask.dtype == torch.bool
+    return [x.to(dtype).requires_grad_() for x in (q, k, v)], mask
+
+
+@pytest.mark.parametrize("case", ["padded", "causal", "decode"])
+def test_matmul_attention_is_sdpa_to_bf16s_rounding(case, monkeypatch):
+    """On a CPU in bf16 (or under bf16 autocast, where the rotary embedding hands over fp32 queries)
+    the decoder's attention is two matrix products and a softmax; its outputs and gradients are as
+    close to an fp64 SDPA as bf16 SDPA's are. In fp32 it is SDPA itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True, training=True)
+    exact_inputs, mask = _attention_case(case, torch.float64)
+    exact = sdpa_attention_forward(module, *exact_inputs, mask)[0]
+    weights = torch.randn(exact.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact_grads = torch.autograd.grad((exact * weights).sum(), exact_inputs)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+
+    def errors(way, dtype, autocast=False):
+        inputs, _ = _attention_case(case, dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = way(module, *inputs, mask)[0]
+        grads = torch.autograd.grad((out.double() * weights).sum(), inputs)
+        assert out.shape == exact.shape
+        return [(out.double() - exact).abs().max().item()] + [
+            ((g.double() - e).norm() / e.norm()).item() for g, e in zip(grads, exact_grads, strict=True)
+        ]
+
+    sdpa_bf16 = errors(sdpa_attention_forward, torch.bfloat16)
+    calls.clear()
+    ours = errors(models.matmul_attention_forward, torch.bfloat16)
+    in_autocast = errors(models.matmul_attention_forward, torch.float32, autocast=True)
+    assert not calls  # neither took SDPA's kernel
+    for mine, theirs in [(ours, sdpa_bf16), (in_autocast, sdpa_bf16)]:
+        assert all(m <= 2 * t + 1e-3 for m, t in zip(mine, theirs, strict=True)), (mine, theirs)
+    assert 0 < ours[0] < 0.03 * exact.abs().max().item()
+    assert errors(models.matmul_attention_forward, torch.float32)[0] < 1e-5 and calls == [1]
+
+
+def test_the_decoder_takes_matmul_attention_unless_a_recipe_names_one(tiny_home, tmp_path, monkeypatch):
+    model, _ = load_model_and_processor(EarthShaderModelConfig())
+    named, _ = load_model_and_processor(EarthShaderModelConfig(attn_implementation="sdpa"))
+    assert model.config.text_config._attn_implementation == models.CPU_HALF_ATTENTION
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    assert named.config.text_config._attn_implementation == "sdpa"
+    ids = torch.randint(
+        0, model.config.text_config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0)
+    )
+    padding = torch.ones_like(ids)
+    padding[1, 25:] = 0
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    with torch.no_grad():
+        exact = named(input_ids=ids, attention_mask=padding).logits
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = model(input_ids=ids, attention_mask=padding).logits.float()
+            assert not calls
+            theirs = named(input_ids=ids, attention_mask=padding).logits.float()
+    assert calls == [1] * model.config.text_config.num_hidden_layers  # the named SDPA, once a layer
+    real = padding.bool()
+    error, sdpa_error = ((x - exact)[real].abs().max().item() for x in (ours, theirs))
+    assert 0 < error <= 2 * sdpa_error + 1e-3, (error, sdpa_error)
+    model.save_pretrained(tmp_path / "saved")
+    assert models.CPU_HALF_ATTENTION not in (tmp_path / "saved" / "config.json").read_text()
 
 
 def test_compiled_language_model_computes_what_the_eager_one_does_and_saves_the_same_names(

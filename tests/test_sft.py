@@ -19,6 +19,7 @@ from conftest_sft import make_circle_dataset  # noqa: E402
 
 from earthshader import models  # noqa: E402
 from earthshader.errors import UsageError  # noqa: E402
+from earthshader.glsl import completion_text  # noqa: E402
 from earthshader.sft import (  # noqa: E402
     CODE,
     END,
@@ -26,6 +27,7 @@ from earthshader.sft import (  # noqa: E402
     IGNORE,
     REASONING,
     EarthShaderSFTConfig,
+    LengthSortedStepSampler,
     ShuffledLengthGroupedSampler,
     WeightedSFTTrainer,
     WeightedVLMCollator,
@@ -265,18 +267,23 @@ def test_length_grouped_batches_are_alike_in_length_and_in_random_order():
     assert falls(ours) < 0.8
 
 
-def test_trainer_batches_by_completion_length_when_asked(tiny_path, dataset, tmp_path):
+def _rows_of_two_lengths(dataset):
+    """The training split with every third row's reasoning longer, so completion lengths differ."""
     from datasets import load_from_disk
 
     extra = " It is white on a black background, and its edge is anti-aliased."
 
-    def lengthen(row, i):  # every third row's reasoning gets longer, so lengths differ
+    def lengthen(row, i):
         content = row["completion"][0]["content"][0]
         if i % 3 == 0:
             content["text"] = content["text"].replace(".\n```glsl", "." + extra + "\n```glsl", 1)
         return row
 
-    rows = load_from_disk(str(dataset))["train"].map(lengthen, with_indices=True)
+    return load_from_disk(str(dataset))["train"].map(lengthen, with_indices=True)
+
+
+def test_trainer_batches_by_completion_length_when_asked(tiny_path, dataset, tmp_path):
+    rows = _rows_of_two_lengths(dataset)
     trainer = _trainer(
         tiny_path, dataset, tmp_path, train=rows, length_grouped_batches=True, per_device_train_batch_size=4
     )
@@ -290,6 +297,63 @@ def test_trainer_batches_by_completion_length_when_asked(tiny_path, dataset, tmp
     assert trainer.train().global_step == 1
     default = _trainer(tiny_path, dataset, tmp_path / "default")
     assert not isinstance(default._get_train_sampler(), ShuffledLengthGroupedSampler)
+
+
+def test_length_sorted_steps_keep_each_steps_random_rows_and_sort_them():
+    lengths = torch.randint(160, 271, (1001,), generator=torch.Generator().manual_seed(0)).tolist()
+    order = list(LengthSortedStepSampler(lengths, 8, generator=torch.Generator().manual_seed(1)))
+    assert sorted(order) == list(range(len(lengths)))  # every row once
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(1)).tolist()
+    steps = [order[i : i + 8] for i in range(0, len(order), 8)]
+    assert [sorted(step) for step in steps] == [sorted(shuffled[i : i + 8]) for i in range(0, len(order), 8)]
+    assert len(steps[-1]) == 1001 % 8
+    assert all([lengths[i] for i in step] == sorted(lengths[i] for i in step) for step in steps)
+    assert order != list(LengthSortedStepSampler(lengths, 8, generator=torch.Generator().manual_seed(2)))
+
+
+def test_trainer_sorts_each_steps_rows_into_its_micro_batches(tiny_path, dataset, tmp_path):
+    rows = _rows_of_two_lengths(dataset)
+    trainer = _trainer(
+        tiny_path,
+        dataset,
+        tmp_path,
+        train=rows,
+        max_steps=3,
+        length_sorted_steps=True,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthSortedStepSampler) and sampler.step_size == 4
+    assert sampler.lengths == completion_lengths(rows, trainer.processing_class.tokenizer)
+    collate, micro_batches = trainer.data_collator, []
+    texts = [completion_text(completion) for completion in rows["completion"]]
+
+    def recording(examples):
+        micro_batches.append(
+            [sampler.lengths[texts.index(completion_text(e["completion"]))] for e in examples]
+        )
+        return collate(examples)
+
+    trainer.data_collator = recording
+    assert trainer.train().global_step == 3
+    assert len(micro_batches) >= 6  # accelerate's loader collates one batch ahead
+    steps = [micro_batches[i] + micro_batches[i + 1] for i in range(0, 6, 2)]
+    assert all(step == sorted(step) for step in steps)
+    assert any(len(set(step)) > 1 for step in steps)  # some step mixed lengths, and sorted them
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"length_grouped_batches": True}, "choose one"),
+        ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps > 1"),
+    ],
+)
+def test_length_sorted_steps_rejects_what_it_cannot_sort(tmp_path, overrides, message):
+    settings = {"length_sorted_steps": True, "gradient_accumulation_steps": 2, **overrides}
+    with pytest.raises(UsageError, match=message):
+        EarthShaderSFTConfig(output_dir=str(tmp_path), report_to="none", **settings)
 
 
 def test_vision_learning_rate_trains_the_tower_at_its_own_rate(tiny_path, dataset, tmp_path):
