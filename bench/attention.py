@@ -33,7 +33,7 @@ import time
 import types
 from pathlib import Path
 
-from machine import calibration_ms, cpu_times, steal_share, train_step_seconds
+from machine import calibration_ms, cpu_times, steal_share, train_step_seconds, training_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 64  # the tiny model's text decoder
@@ -117,12 +117,7 @@ def time_training(args) -> dict:
         "train_default_step_s": round(median["default"], 4),
         "train_speedup": round(median["sdpa"] / median["default"], 3),
         "train_runs_s": {way: [round(v, 4) for v in steps[way]] for way in ways},
-        "recipe": args.recipe,
-        "data": args.data,
-        "model": args.model,
-        "extra": args.extra,
-        "steps": args.train_steps,
-        "rounds": args.rounds,
+        **training_run_record(args),
     }
 
 

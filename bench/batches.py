@@ -35,7 +35,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from machine import calibration_ms, cpu_times, steal_share, train_step_seconds
+from machine import calibration_ms, cpu_times, steal_share, train_step_seconds, training_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +119,7 @@ def main() -> None:
             way: round(statistics.mean(positions[way]) * int(overrides[way][3]), 1) for way in ways
         },
         "batch": batch,
-        "recipe": args.recipe,
-        "data": args.data,
-        "model": args.model,
-        "extra": args.extra,
-        "steps": args.train_steps,
-        "rounds": args.rounds,
+        **training_run_record(args),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "calibration_ms": calibration,

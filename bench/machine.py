@@ -87,3 +87,9 @@ def train_step_seconds(argv: list[str], prepare=None, skip: int = 20) -> float:
     trainer.add_callback(ends)
     trainer.train()
     return statistics.median(b - a for a, b in zip(ends.times[skip:], ends.times[skip + 1 :], strict=False))
+
+
+def training_run_record(args) -> dict:
+    """What a ``--train-steps`` benchmark ran, for its JSON line: the recipe, data, model and overrides."""
+    names = ("recipe", "data", "model", "extra", "train_steps", "rounds")
+    return {name.removeprefix("train_"): getattr(args, name, None) for name in names}
