@@ -776,11 +776,12 @@ def matmul_attention_forward(
 ):
     """transformers' SDPA attention, computed as two matrix products and a softmax for half precision on a CPU.
 
-    PyTorch's CPU SDPA kernel in bf16 took 35 ms for a forward and backward of one decoder layer's
+    PyTorch's CPU SDPA kernel in bf16 took 38 ms for a forward and backward of one decoder layer's
     attention over a mix batch (8 rows of 400 tokens, 4 heads of 64); the products and the softmax,
     with the scores in the input's dtype as transformers' eager attention has them and the softmax
-    taken in fp32 and returned in bf16, took 19 ms (``bench/attention.py``): the products use the CPU's
-    bf16 matrix units and the few hundred positions' scores fit in memory. Elsewhere (a GPU, fp32, dropout,
+    accumulated in fp32 and returned in bf16, took 27 ms, and a compiled mix step ran 1.07x faster
+    (``bench/attention.py``): the products use the CPU's bf16 matrix units, and a few hundred
+    positions' scores fit in memory. Elsewhere (a GPU, fp32, dropout,
     a position bias, a soft cap) this is ``sdpa_attention_forward`` itself. Takes SDPA's masks
     (``sdpa_mask``): boolean, True where a position attends, or None for plain causal attention.
     """
