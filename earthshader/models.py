@@ -779,7 +779,7 @@ def matmul_attention_forward(
     PyTorch's CPU SDPA kernel in bf16 took 38 ms for a forward and backward of one decoder layer's
     attention over a mix batch (8 rows of 400 tokens, 4 heads of 64); the products and the softmax,
     with the scores in the input's dtype as transformers' eager attention has them and the softmax
-    accumulated in fp32 and returned in bf16, took 27 ms, and a compiled mix step ran 1.07x faster
+    accumulated in fp32 and returned in bf16, took 27 ms, and a compiled mix step ran 1.07-1.24x faster
     (``bench/attention.py``): the products use the CPU's bf16 matrix units, and a few hundred
     positions' scores fit in memory. Elsewhere (a GPU, fp32, dropout,
     a position bias, a soft cap) this is ``sdpa_attention_forward`` itself. Takes SDPA's masks
