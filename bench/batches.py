@@ -40,14 +40,20 @@ from machine import calibration_ms, cpu_times, steal_share, train_step_seconds, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def way_arguments(way: str, batch: int) -> list[str]:
-    """The recipe overrides of one way, for steps of ``batch`` rows."""
-    kind, parts = way.rstrip("0123456789"), int(way[len(way.rstrip("0123456789")) :] or 1)
+def parse_way(way: str, batch: int) -> tuple[str, int]:
+    """A way's kind (random, grouped, sorted) and its micro-batches a step, for steps of ``batch`` rows."""
+    kind = way.rstrip("0123456789")
+    parts = int(way[len(kind) :] or 1)
     allowed = {"random": parts >= 1, "grouped": parts == 1, "sorted": parts > 1}
     if not allowed.get(kind) or batch % parts:
         raise SystemExit(
             f"bench/batches.py: unknown way {way!r} (random, randomK, grouped, sortedK; K>1 divides {batch})"
         )
+    return kind, parts
+
+
+def way_arguments(kind: str, parts: int, batch: int) -> list[str]:
+    """The recipe overrides of one way."""
     argv = ["--per_device_train_batch_size", str(batch // parts), "--gradient_accumulation_steps", str(parts)]
     argv += ["--length_grouped_batches", str(kind == "grouped").lower()]
     return argv + ["--length_sorted_steps", str(kind == "sorted").lower()]
@@ -78,7 +84,8 @@ def main() -> None:
     )
     batch = recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps
     ways = args.ways.split(",")
-    overrides = {way: way_arguments(way, batch) for way in ways}
+    parsed = {way: parse_way(way, batch) for way in ways}
+    overrides = {way: way_arguments(*parsed[way], batch) for way in ways}
     tmp = Path(tempfile.mkdtemp(prefix="es_bench_batches_"))
     steps: dict[str, list[float]] = {way: [] for way in ways}
     positions: dict[str, list[int]] = {way: [] for way in ways}
@@ -116,7 +123,7 @@ def main() -> None:
         "padding_share": {way: round(padding[way], 4) for way in ways},
         # mean positions of a micro-batch times the micro-batches of a step
         "positions_per_step": {
-            way: round(statistics.mean(positions[way]) * int(overrides[way][3]), 1) for way in ways
+            way: round(statistics.mean(positions[way]) * parsed[way][1], 1) for way in ways
         },
         "batch": batch,
         **training_run_record(args),
