@@ -242,6 +242,38 @@ def load_policy(model_args: EarthShaderModelConfig, gradient_checkpointing: bool
 # What users watch
 
 
+def sample_excerpt(text: str, max_lines: int = 20, width: int = 110) -> str:
+    """What a samples PNG shows of a completion: its reasoning, then its code from ``mainImage`` on.
+
+    The helper functions (``rotate``, ``sdBox``...) open every answer's code and take most of its
+    lines, while what tells two samples apart is the reasoning and ``mainImage``. So the lines
+    between the code fence and ``void mainImage`` fold into one comment that says how many there
+    were; then the text is wrapped at ``width`` columns and cut at ``max_lines`` (the last one ``...``),
+    which fit a row of the PNG. Characters that do not print become ``?``.
+
+    >>> text = "A circle.\\n```glsl\\nfloat sd(vec2 p) {\\n    return 1.0;\\n}\\nvoid mainImage() {\\n}\\n```"
+    >>> print(sample_excerpt(text))
+    A circle.
+    ```glsl
+    // ... 3 lines of helper functions
+    void mainImage() {
+    }
+    ```
+    """
+    text = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in text)
+    raw = text.splitlines() or [""]
+    fence = next((k for k, line in enumerate(raw) if line.lstrip().startswith("```")), None)
+    main = next((k for k, line in enumerate(raw) if line.lstrip().startswith("void mainImage")), None)
+    if fence is not None and main is not None and main - fence > 2:
+        raw = raw[: fence + 1] + [f"// ... {main - fence - 1} lines of helper functions"] + raw[main:]
+    lines: list[str] = []
+    for line in raw:
+        lines += textwrap.wrap(line, width, replace_whitespace=False) or [""]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + ["..."]
+    return "\n".join(lines)
+
+
 def plot_samples(
     record: BatchRecord, path: str | os.PathLike, step: int | None = None, max_samples: int = 8
 ) -> Path:
@@ -272,21 +304,17 @@ def plot_samples(
             if i < len(s) and s[i] is not None
         ]
         ax_r.set_title(" ".join(scores), fontsize=7)
-        lines = []
-        text = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in record.texts[i])
-        for raw in text.splitlines() or [""]:
-            lines += textwrap.wrap(raw, 110, replace_whitespace=False) or [""]
-        body = "\n".join(lines[:24] + (["..."] if len(lines) > 24 else []))
         ax_x.text(
             0,
             1,
-            body,
+            sample_excerpt(record.texts[i]),
             family="monospace",
             fontsize=6,
             va="top",
             ha="left",
             transform=ax_x.transAxes,
             parse_math=False,
+            clip_on=True,  # a long text never runs into the next row
         )
         for ax in (ax_t, ax_r, ax_x):
             ax.set_xticks([])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,11 @@ from earthshader.grpo import (
     plot_samples,
     prepare_output_dir,
     run,
+    sample_excerpt,
 )
 from earthshader.models import EarthShaderModelConfig, load_model_and_processor
 from earthshader.render import render_many
+from earthshader.scenes import completion_text, random_scene
 from rewards import get_reward_funcs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,3 +262,27 @@ def test_plot_samples_draws_failures_and_odd_text(tmp_path):
     path = plot_samples(funcs[0].keywords["renders"].last, tmp_path / "s.png", step=7)
     with Image.open(path) as image:
         assert image.size[0] > 600
+
+
+def test_sample_excerpt_folds_the_helpers_and_fits_a_row():
+    # A real Stage-2 pair's answer: helpers for two primitives and the operator, then mainImage.
+    scene = random_scene(2, np.random.default_rng(3))
+    text = completion_text(scene)
+    lines = text.splitlines()
+    fence = next(k for k, line in enumerate(lines) if line.startswith("```"))
+    main = next(k for k, line in enumerate(lines) if line.startswith("void mainImage"))
+    assert main - fence > 5  # the helpers are most of the code
+
+    excerpt = sample_excerpt(text, max_lines=200).splitlines()
+    reasoning = textwrap.wrap(lines[0], 110)
+    assert excerpt[: len(reasoning)] == reasoning  # the reasoning comes first, whole
+    assert f"// ... {main - fence - 1} lines of helper functions" in excerpt
+    assert "void mainImage" in "\n".join(excerpt)
+    assert not any(line.lstrip().startswith("float sd") for line in excerpt)
+    assert all(len(line) <= 110 for line in excerpt)
+
+    short = sample_excerpt(text, max_lines=6).splitlines()
+    assert len(short) == 6 and short[-1] == "..."
+
+    # Without a mainImage there is nothing to fold; odd characters print as "?".
+    assert sample_excerpt("no code\x1b[31m\nsecond") == "no code?[31m\nsecond"
