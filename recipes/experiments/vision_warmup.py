@@ -8,18 +8,48 @@ and saves model and processor to OUT. Prints the seconds taken and the loss ever
 what the warmed tower reads on the dataset's test split (``read_held_out``). ``--model`` warms an
 existing model's tower instead (a Stage-1 model's, for Stage 2), ``--angle-weight`` adds the angle target,
 ``--pair-weight`` the pair targets (each token's operator, and a second shape sharing it).
+``--tower-depth``, ``--tower-width`` and ``--tower-heads`` swap in a fresh tower of that shape (its merger
+still projects to the text width), to measure what a larger tower reads; the folder saved loads as any
+model folder does (its config names the new tower). Session 27's probe of towers on
+Stage-2 pairs (bench/LEARNING.md, findings 84-85):
+
+    .venv/bin/python recipes/experiments/vision_warmup.py /tmp/s19/s2two /tmp/s28/tp-wide --steps 3000 \
+        --angle-weight 1 --tower-width 256
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
 from datasets import load_from_disk
 
-from earthshader.models import EarthShaderModelConfig, load_model_and_processor
+from earthshader.models import (
+    EarthShaderModelConfig,
+    batch_vision_attention,
+    load_model_and_processor,
+    patch_embed_as_linear,
+)
 from earthshader.vision_warmup import warmup_vision
+
+
+def fresh_tower(model, shape: dict) -> None:
+    """Replace ``model``'s vision tower by a randomly initialised one with ``shape`` changed."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    config = copy.deepcopy(model.config.vision_config)
+    for key, value in shape.items():
+        setattr(config, key, value)
+    old = model.model.visual
+    tower = Qwen2VisionTransformerPretrainedModel._from_config(config)
+    model.model.visual = tower.to(device=next(old.parameters()).device, dtype=next(old.parameters()).dtype)
+    model.config.vision_config = config
+    patch_embed_as_linear(model)
+    batch_vision_attention(model)
+    count, was = (sum(p.numel() for p in m.parameters()) / 1e6 for m in (tower, old))
+    print(f"fresh tower {shape}: {count:.2f}M parameters (was {was:.2f}M)")
 
 
 def main() -> None:
@@ -33,10 +63,16 @@ def main() -> None:
     parser.add_argument("--angle-weight", type=float, default=0.0)
     parser.add_argument("--pair-weight", type=float, default=0.0)
     parser.add_argument("--held-out", type=int, default=400, help="test rows to read afterwards (0: none)")
+    parser.add_argument("--tower-depth", type=int, default=None, help="a fresh tower of this many blocks")
+    parser.add_argument("--tower-width", type=int, default=None, help="a fresh tower of this embed_dim")
+    parser.add_argument("--tower-heads", type=int, default=None, help="a fresh tower with this many heads")
     args = parser.parse_args()
     model, processor = load_model_and_processor(
         EarthShaderModelConfig(model_name_or_path=args.model, min_pixels=args.pixels, max_pixels=args.pixels)
     )
+    shape = {"depth": args.tower_depth, "embed_dim": args.tower_width, "num_heads": args.tower_heads}
+    if any(v is not None for v in shape.values()):
+        fresh_tower(model, {k: v for k, v in shape.items() if v is not None})
     data = load_from_disk(args.data)
     test = data["test"].select(range(min(args.held_out, len(data["test"])))) if args.held_out else None
     start = time.perf_counter()
