@@ -43,8 +43,11 @@ def fresh_tower(model, shape: dict) -> None:
     for key, value in shape.items():
         setattr(config, key, value)
     old = model.model.visual
-    tower = Qwen2VisionTransformerPretrainedModel._from_config(config)
-    model.model.visual = tower.to(device=next(old.parameters()).device, dtype=next(old.parameters()).dtype)
+    like = next(old.parameters())
+    tower = Qwen2VisionTransformerPretrainedModel._from_config(config).to(
+        device=like.device, dtype=like.dtype
+    )
+    model.model.visual = tower
     model.config.vision_config = config
     patch_embed_as_linear(model)
     batch_vision_attention(model)
@@ -70,9 +73,10 @@ def main() -> None:
     model, processor = load_model_and_processor(
         EarthShaderModelConfig(model_name_or_path=args.model, min_pixels=args.pixels, max_pixels=args.pixels)
     )
-    shape = {"depth": args.tower_depth, "embed_dim": args.tower_width, "num_heads": args.tower_heads}
-    if any(v is not None for v in shape.values()):
-        fresh_tower(model, {k: v for k, v in shape.items() if v is not None})
+    asked = {"depth": args.tower_depth, "embed_dim": args.tower_width, "num_heads": args.tower_heads}
+    shape = {key: value for key, value in asked.items() if value is not None}
+    if shape:
+        fresh_tower(model, shape)
     data = load_from_disk(args.data)
     test = data["test"].select(range(min(args.held_out, len(data["test"])))) if args.held_out else None
     start = time.perf_counter()
