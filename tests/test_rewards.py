@@ -219,3 +219,39 @@ def test_shapes_reward_scores_the_drawn_types_against_the_scene():
     assert shapes[:4] == [1.0, pytest.approx(2 / 3), 1.0, 0.5]
     assert shapes[4:] == [0.0, 0.0]  # does not compile; not the canonical form the parser reads
     assert funcs[1](completions=completions[:1], scene=[None]) == [None]
+
+
+def test_parts_reward_scores_each_drawn_shape_on_its_own_mask():
+    """The lens of two intersected discs (finding 92) pays under IoU but not under the parts reward;
+    the operator and the order do not count there, a dropped or extra shape costs a whole part."""
+    from earthshader.scenes import Box, Circle, Op, Scene, scene_to_json, to_glsl
+    from rewards.parts import parts_iou
+
+    truth = Scene((Circle(-0.2, 0.0, 0.4), Box(0.25, 0.0, 0.3, 0.3)), (Op("union"),))
+    swapped_cut = Scene((truth.shapes[1], truth.shapes[0]), (Op("intersect"),))
+    dropped = Scene(truth.shapes[:1])
+    extra = Scene((*truth.shapes, Circle(0.0, 0.7, 0.1)), (Op("union"), Op("union")))
+    # Two big discs placed wide of a thin pair: joined they spill over, intersected they cover it.
+    thin = Scene((Box(0.0, 0.0, 0.15, 0.35), Circle(0.0, 0.3, 0.2)), (Op("union"),))
+    lens = Scene((Circle(-0.35, 0.05, 0.5), Circle(0.35, 0.05, 0.5)), (Op("intersect"),))
+    wide = Scene(lens.shapes, (Op("union"),))
+    drawn = [truth, swapped_cut, dropped, extra, lens, wide]
+    completions = [turn(to_glsl(s)) for s in drawn] + [turn(COMPILE_ERROR), turn(TWO_CIRCLES)]
+    target = render(to_glsl(truth), size=SIZE)
+    assert target.ok, target.message
+    funcs = get_reward_funcs(["iou", "parts"], size=SIZE)
+    thin_target = render(to_glsl(thin), size=SIZE)
+    assert thin_target.ok, thin_target.message
+    images = [target.image] * 4 + [thin_target.image] * 2 + [target.image] * 2
+    scenes = [scene_to_json(truth)] * 4 + [scene_to_json(thin)] * 2 + [scene_to_json(truth)] * 2
+    iou, parts = (f(completions=completions, image=images, scene=scenes) for f in funcs)
+    assert parts[0] == parts[1] == 1.0 and iou[1] < 0.8  # same parts, another picture
+    assert parts[2] == pytest.approx(0.5)
+    assert parts[3] == pytest.approx(2 / 3, abs=0.01)  # the extra disc overlaps nothing of the truth's
+    assert iou[4] > iou[5]  # pixels: the lens beats the same discs joined
+    assert parts[4] == parts[5] < 0.3  # parts: the discs are what they are, however joined
+    assert parts[6:] == [0.0, 0.0]  # does not compile; not the canonical form the parser reads
+    assert funcs[1](completions=completions[:1], scene=[None]) == [None]
+    # Concentric discs: the IoU is the ratio of their areas, to within the pixels of the edge.
+    inner, outer = Scene((Circle(0.0, 0.0, 0.3),)), Scene((Circle(0.0, 0.0, 0.6),))
+    assert parts_iou(inner, outer) == pytest.approx(0.25, abs=0.01)

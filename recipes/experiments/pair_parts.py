@@ -1,0 +1,64 @@
+"""Experiment helper (issues 5 and 7): what each answer's shapes and operators draw, against the truth's.
+
+For each audit folder (or its report.json) of a dataset with a ``scene`` column, over the answers whose
+code the scene parser reads (``earthshader.scenes.from_glsl``), all computed in NumPy from the scenes:
+
+- parts: the `parts` reward's matched IoU of each drawn primitive's own mask with the truth's;
+- area: the area the answer's scene covers over the truth's (median), and how many answers cover
+  less than 90% of it;
+- IoU: the foreground IoU of the two scenes' inside masks (mean);
+- the operators the code writes, counted.
+
+Session 30 used it on the pairs of s2two, where GRPO at 5e-5 had learned to draw the lens of two
+intersected discs (finding 92); session 29 measured area and IoU by thresholding the rendered pictures.
+
+    .venv/bin/python recipes/experiments/pair_parts.py /tmp/s31/a-keep /tmp/s31/a-gb-20 /tmp/s31/a-gp-20
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from compare_audits import load_report  # this folder is on sys.path when the script runs
+
+from earthshader.scenes import distance_field, from_glsl, scene_from_json
+from rewards.parts import GRID, parts_iou
+
+
+def main(paths: list[str]) -> None:
+    from datasets import load_from_disk
+
+    for path in paths:
+        report = load_report(str(Path(path) / "report.json" if Path(path).is_dir() else path), "pair_parts")
+        data = load_from_disk(report["data"])[report["split"]]
+        parts, areas, ious, ops = [], [], [], Counter()
+        for s in report["samples"]:
+            drawn = from_glsl(s.get("code") or "")
+            if drawn is None:
+                continue
+            truth = scene_from_json(data[s["index"]]["scene"])
+            mine, theirs = distance_field(drawn, GRID) < 0.0, distance_field(truth, GRID) < 0.0
+            parts.append(parts_iou(drawn, truth))
+            areas.append(np.count_nonzero(mine) / max(np.count_nonzero(theirs), 1))
+            ious.append(np.count_nonzero(mine & theirs) / max(np.count_nonzero(mine | theirs), 1))
+            ops.update(op.kind for op in drawn.ops)
+        n = len(parts)
+        if not n:
+            print(f"{path}: no answer the parser reads")
+            continue
+        less = sum(a < 0.9 for a in areas)
+        print(
+            f"{path}: {n} of {len(report['samples'])} read; parts {np.mean(parts):.3f}; "
+            f"area {statistics.median(areas):.2f} (under 90%: {less}); IoU {np.mean(ious):.3f}; "
+            f"operators {', '.join(f'{k} {v}' for k, v in ops.most_common())}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__.strip().splitlines()[-1].strip())
+    main(sys.argv[1:])
