@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from earthshader.scenes import Scene, from_glsl, pixel_grid, scene_from_json
-from rewards.shared import SharedRenders, prepare, record, rendered
+from earthshader.scenes import Scene, pixel_grid, scene_from_json
+from rewards.shared import SharedRenders, prepare, record, scene_scores
 
 GRID = 128  # pixels a side of the masks: the renders' own size in the recipes
 
@@ -76,11 +76,4 @@ def parts_reward(
     """Matched per-primitive mask IoU of each rendered completion's scene with its row's ``scene``."""
     batch = prepare(completions, None, kwargs, renders)
     truths = [_true_scene(s) for s in scene] if scene is not None else [None] * len(batch.codes)
-    scores: list[float | None] = []
-    for code, result, truth in zip(batch.codes, batch.results, truths, strict=True):
-        if truth is None:
-            scores.append(None)
-            continue
-        drawn = from_glsl(code) if rendered(result) else None
-        scores.append(0.0 if drawn is None else parts_iou(drawn, truth))
-    return record(batch, "parts_reward", scores)
+    return record(batch, "parts_reward", scene_scores(batch, truths, parts_iou))

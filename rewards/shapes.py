@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from rewards.shared import SharedRenders, prepare, record, rendered
+from rewards.shared import SharedRenders, prepare, record, scene_scores
 
 
 def type_dice(pred: Sequence[str], true: Sequence[str]) -> float:
@@ -50,15 +50,9 @@ def shapes_reward(
     **kwargs: Any,
 ) -> list[float | None]:
     """Dice overlap of each rendered completion's primitive types with its row's ``scene``."""
-    from earthshader.scenes import from_glsl, shape_types
+    from earthshader.scenes import shape_types
 
     batch = prepare(completions, None, kwargs, renders)
     truths = [_true_types(s) for s in scene] if scene is not None else [None] * len(batch.codes)
-    scores: list[float | None] = []
-    for code, result, truth in zip(batch.codes, batch.results, truths, strict=True):
-        if truth is None:
-            scores.append(None)
-            continue
-        drawn = from_glsl(code) if rendered(result) else None
-        scores.append(0.0 if drawn is None else type_dice(shape_types(drawn), truth))
+    scores = scene_scores(batch, truths, lambda drawn, truth: type_dice(shape_types(drawn), truth))
     return record(batch, "shapes_reward", scores)

@@ -207,3 +207,22 @@ def gated_scores(batch, fail_score: float, score) -> list[float | None]:
         else float(score(result.image, target))
         for result, target in zip(batch.results, batch.targets, strict=True)
     ]
+
+
+def scene_scores(batch, truths: Sequence[Any], score) -> list[float | None]:
+    """Scene-reward scores for a batch, gated on compilation like the image rewards.
+
+    ``None`` where a row has no truth (``truths[i]`` is None), 0 where the shader did not render valid
+    pixels or its code is not the canonical form :func:`earthshader.scenes.from_glsl` reads, else
+    ``score(drawn_scene, truth)``.
+    """
+    from earthshader.scenes import from_glsl
+
+    scores: list[float | None] = []
+    for code, result, truth in zip(batch.codes, batch.results, truths, strict=True):
+        if truth is None:
+            scores.append(None)
+            continue
+        drawn = from_glsl(code) if rendered(result) else None
+        scores.append(0.0 if drawn is None else float(score(drawn, truth)))
+    return scores
