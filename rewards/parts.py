@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from earthshader.scenes import Scene, pixel_grid, scene_from_json
+from earthshader.scenes import Scene, pixel_grid
 from rewards.shared import SharedRenders, prepare, record, scene_scores
 
 GRID = 128  # pixels a side of the masks: the renders' own size in the recipes
@@ -56,15 +56,6 @@ def parts_iou(drawn: Scene, truth: Scene, size: int = GRID) -> float:
     return float(iou[rows, cols].sum() / max(len(drawn.shapes), len(truth.shapes)))
 
 
-def _true_scene(scene: Any) -> Scene | None:
-    if not isinstance(scene, str) or not scene:
-        return None
-    try:
-        return scene_from_json(scene)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def parts_reward(
     completions: Sequence[Any],
     image: Sequence[Any] | None = None,
@@ -75,5 +66,4 @@ def parts_reward(
 ) -> list[float | None]:
     """Matched per-primitive mask IoU of each rendered completion's scene with its row's ``scene``."""
     batch = prepare(completions, None, kwargs, renders)
-    truths = [_true_scene(s) for s in scene] if scene is not None else [None] * len(batch.codes)
-    return record(batch, "parts_reward", scene_scores(batch, truths, parts_iou))
+    return record(batch, "parts_reward", scene_scores(batch, scene, parts_iou))

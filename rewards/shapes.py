@@ -35,12 +35,6 @@ def type_dice(pred: Sequence[str], true: Sequence[str]) -> float:
     return 2.0 * common / (len(pred) + len(true))
 
 
-def _true_types(scene: Any) -> list[str] | None:
-    from earthshader.audit import true_shape_types
-
-    return true_shape_types(scene) if isinstance(scene, str) and scene else None
-
-
 def shapes_reward(
     completions: Sequence[Any],
     image: Sequence[Any] | None = None,
@@ -53,6 +47,7 @@ def shapes_reward(
     from earthshader.scenes import shape_types
 
     batch = prepare(completions, None, kwargs, renders)
-    truths = [_true_types(s) for s in scene] if scene is not None else [None] * len(batch.codes)
-    scores = scene_scores(batch, truths, lambda drawn, truth: type_dice(shape_types(drawn), truth))
+    scores = scene_scores(
+        batch, scene, lambda drawn, truth: type_dice(shape_types(drawn), shape_types(truth))
+    )
     return record(batch, "shapes_reward", scores)

@@ -209,15 +209,28 @@ def gated_scores(batch, fail_score: float, score) -> list[float | None]:
     ]
 
 
-def scene_scores(batch, truths: Sequence[Any], score) -> list[float | None]:
+def _true_scene(text: Any):
+    """The row's ``scene`` column as a Scene; None where the row has none or it does not parse."""
+    from earthshader.scenes import scene_from_json
+
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return scene_from_json(text)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def scene_scores(batch, scene: Sequence[Any] | None, score) -> list[float | None]:
     """Scene-reward scores for a batch, gated on compilation like the image rewards.
 
-    ``None`` where a row has no truth (``truths[i]`` is None), 0 where the shader did not render valid
-    pixels or its code is not the canonical form :func:`earthshader.scenes.from_glsl` reads, else
-    ``score(drawn_scene, truth)``.
+    ``scene`` is the dataset's ``scene`` column (JSON, as the factory writes it). ``None`` where a row has
+    no scene that parses, 0 where the shader did not render valid pixels or its code is not the
+    canonical form :func:`earthshader.scenes.from_glsl` reads, else ``score(drawn_scene, true_scene)``.
     """
     from earthshader.scenes import from_glsl
 
+    truths = [_true_scene(s) for s in scene] if scene is not None else [None] * len(batch.codes)
     scores: list[float | None] = []
     for code, result, truth in zip(batch.codes, batch.results, truths, strict=True):
         if truth is None:

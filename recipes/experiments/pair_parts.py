@@ -12,7 +12,7 @@ code the scene parser reads (``earthshader.scenes.from_glsl``), all computed in 
 Session 30 used it on the pairs of s2two, where GRPO at 5e-5 had learned to draw the lens of two
 intersected discs (finding 92); session 29 measured area and IoU by thresholding the rendered pictures.
 
-    .venv/bin/python recipes/experiments/pair_parts.py /tmp/s31/a-keep /tmp/s31/a-gb-20 /tmp/s31/a-gp-20
+    .venv/bin/python recipes/experiments/pair_parts.py /tmp/s30/a-keep /tmp/s30/a-gb /tmp/s30/a-gq
 """
 
 from __future__ import annotations
