@@ -90,6 +90,13 @@ class EarthShaderGRPOConfig(GRPOConfig):
         default=0.75,
         metadata={"help": "Relative MSE similarity a render must reach before the length reward pays."},
     )
+    parts_type_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "For the parts reward: the share of a matched shape's IoU that a wrong primitive type loses "
+            "(0: types do not count; 1: only shapes of the right type score)."
+        },
+    )
     plot_every: int = field(
         default=0,
         metadata={
@@ -104,12 +111,19 @@ class EarthShaderGRPOConfig(GRPOConfig):
 
     def reward_settings(self) -> dict[str, Any]:
         """Settings for :func:`rewards.get_reward_funcs`, limited to the chosen rewards."""
-        settings: dict[str, Any] = {"iou_threshold": self.iou_threshold, "length_gate": self.length_gate}
+        if not 0.0 <= self.parts_type_weight <= 1.0:
+            raise UsageError(f"parts_type_weight must lie between 0 and 1, not {self.parts_type_weight}")
+        settings: dict[str, Any] = {
+            "iou_threshold": self.iou_threshold,
+            "length_gate": self.length_gate,
+            "parts_type_weight": self.parts_type_weight,
+        }
         if self.fail_score is not None:
             settings["fail_score"] = self.fail_score
         takes = {
             "iou_threshold": {"iou"},
             "length_gate": {"length"},
+            "parts_type_weight": {"parts"},
             "fail_score": {"mse", "ssim", "iou"},
         }
         return {k: v for k, v in settings.items() if takes[k] & set(self.reward_funcs)}

@@ -5,7 +5,7 @@ step's shared render (:mod:`rewards.shared`), so a step renders each distinct co
 whatever the number of rewards. Recipes name rewards by their short names:
 
 >>> sorted(REWARDS)
-['compile', 'format', 'iou', 'length', 'mse', 'parts', 'shapes', 'ssim']
+['compile', 'format', 'iou', 'length', 'mse', 'ops', 'parts', 'shapes', 'ssim']
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rewards.format import format_reward
 from rewards.iou import iou_reward
 from rewards.length import length_reward
 from rewards.mse import mse_reward
+from rewards.ops import ops_reward
 from rewards.parts import parts_reward
 from rewards.shapes import shapes_reward
 from rewards.shared import SharedRenders
@@ -35,6 +36,7 @@ REWARDS: dict[str, Callable[..., list[float | None]]] = {
     "length": length_reward,
     "shapes": shapes_reward,
     "parts": parts_reward,
+    "ops": ops_reward,
 }
 
 

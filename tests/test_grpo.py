@@ -218,6 +218,26 @@ def test_grpo_cli_unknown_reward_exits_2(tmp_path, capsys):
     assert "unknown reward 'pixels'" in capsys.readouterr().err
 
 
+def test_grpo_cli_parts_type_weight_out_of_range_exits_2(tmp_path, capsys):
+    argv = ["grpo", "--config", str(ROOT / "recipes/tiny/grpo.yaml"), "--output_dir", str(tmp_path / "run")]
+    code = cli_main(
+        [
+            *argv,
+            "--reward_funcs",
+            "compile",
+            "parts",
+            "--reward_weights",
+            "1",
+            "1",
+            "--parts_type_weight",
+            "2",
+        ]
+    )
+    assert code == 2
+    assert "parts_type_weight must lie between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_grpo_recipes_parse():
     args, model_args = parse_args(["--config", str(ROOT / "recipes/tiny/grpo.yaml")])
     assert args.reward_funcs == ["compile", "mse", "iou", "format"]

@@ -255,3 +255,54 @@ def test_parts_reward_scores_each_drawn_shape_on_its_own_mask():
     # Concentric discs: the IoU is the ratio of their areas, to within the pixels of the edge.
     inner, outer = Scene((Circle(0.0, 0.0, 0.3),)), Scene((Circle(0.0, 0.0, 0.6),))
     assert parts_iou(inner, outer) == pytest.approx(0.25, abs=0.01)
+
+
+def test_parts_type_weight_makes_a_disc_for_a_box_cost():
+    """Finding 96's hedge: a disc at the box's place pays under the plain parts IoU, less as the
+    type weight grows; a box of the right type, a little off, keeps its IoU whatever the weight."""
+    from earthshader.scenes import Box, Circle, Op, Scene, scene_to_json, to_glsl
+
+    truth = Scene((Circle(-0.4, 0.0, 0.3), Box(0.4, 0.0, 0.3, 0.3)), (Op("union"),))
+    disc = Scene((truth.shapes[0], Circle(0.4, 0.0, 0.33)), (Op("union"),))
+    shifted = Scene((truth.shapes[0], Box(0.45, 0.0, 0.3, 0.3)), (Op("union"),))
+    completions = [turn(to_glsl(disc)), turn(to_glsl(shifted))]
+    target = render(to_glsl(truth), size=SIZE)
+    assert target.ok, target.message
+    kwargs = dict(completions=completions, image=[target.image] * 2, scene=[scene_to_json(truth)] * 2)
+    scores = {
+        w: get_reward_funcs(["parts"], size=SIZE, parts_type_weight=w)[0](**kwargs) for w in (0.0, 0.5, 1.0)
+    }
+    assert scores[0.0][0] > scores[0.0][1]  # plain IoU: the disc beats the right type a little off
+    assert scores[0.5][0] == pytest.approx((1.0 + 0.5 * (2 * scores[0.0][0] - 1.0)) / 2)
+    assert scores[1.0][0] == pytest.approx(0.5)  # only the circle counts
+    assert scores[0.0][1] == scores[0.5][1] == scores[1.0][1]
+    assert scores[1.0][1] > scores[1.0][0]
+    with pytest.raises(ValueError, match="parts_type_weight"):
+        get_reward_funcs(["parts"], size=SIZE, parts_type_weight=1.5)[0](**kwargs)
+
+
+def test_ops_reward_scores_the_written_operators_against_the_scene():
+    """Subtract drawn as intersect (session 31's drift under the parts reward alone) scores 0 here,
+    whatever the shapes; a smooth union's radius does not count."""
+    from earthshader.scenes import Box, Circle, Op, Scene, scene_to_json, to_glsl
+
+    shapes = (Circle(-0.1, 0.0, 0.4), Box(0.3, 0.0, 0.2, 0.2))
+    truth = Scene(shapes, (Op("subtract"),))
+    drawn = [
+        truth,
+        Scene(shapes, (Op("intersect"),)),
+        Scene((Circle(0.5, 0.5, 0.1), shapes[1]), (Op("subtract"),)),
+    ]
+    smooth = Scene(shapes, (Op("smooth_union", 0.1),))
+    completions = [
+        turn(to_glsl(s)) for s in [*drawn, Scene((shapes[0], shapes[1]), (Op("smooth_union", 0.3),))]
+    ]
+    completions += [turn(COMPILE_ERROR), turn(TWO_CIRCLES)]
+    target = render(to_glsl(truth), size=SIZE)
+    assert target.ok, target.message
+    scenes = [scene_to_json(truth)] * 3 + [scene_to_json(smooth)] + [scene_to_json(truth)] * 2
+    scores = get_reward_funcs(["ops"], size=SIZE)[0](
+        completions=completions, image=[target.image] * 6, scene=scenes
+    )
+    assert scores == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # the last two: no render; code the parser does not read
+    assert get_reward_funcs(["ops"], size=SIZE)[0](completions=completions[:1], scene=[None]) == [None]
