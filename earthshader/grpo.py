@@ -43,6 +43,7 @@ from earthshader.models import (
 )
 from earthshader.runlog import LOG_FILE, JsonlLogCallback
 from rewards import REWARDS, SharedRenders, get_reward_funcs
+from rewards.parts import check_type_weight
 from rewards.shared import BatchRecord, rendered
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,7 @@ class EarthShaderGRPOConfig(GRPOConfig):
 
     def reward_settings(self) -> dict[str, Any]:
         """Settings for :func:`rewards.get_reward_funcs`, limited to the chosen rewards."""
-        if not 0.0 <= self.parts_type_weight <= 1.0:
-            raise UsageError(f"parts_type_weight must lie between 0 and 1, not {self.parts_type_weight}")
+        check_type_weight(self.parts_type_weight)
         settings: dict[str, Any] = {
             "iou_threshold": self.iou_threshold,
             "length_gate": self.length_gate,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from earthshader.errors import ConfigError
 from earthshader.scenes import Scene, pixel_grid
 from rewards.shared import SharedRenders, prepare, record, scene_scores
 
@@ -42,6 +43,12 @@ def part_masks(scene: Scene, size: int = GRID) -> np.ndarray:
     """Each primitive's inside mask on its own, ``(shapes, size * size)`` booleans."""
     x, y = pixel_grid(size, np.float32)
     return np.stack([(shape.sdf(x, y) < 0.0).ravel() for shape in scene.shapes])
+
+
+def check_type_weight(type_weight: float) -> None:
+    """Refuse a ``parts_type_weight`` outside [0, 1] (one line at the terminal, a ValueError to code)."""
+    if not 0.0 <= type_weight <= 1.0:
+        raise ConfigError(f"parts_type_weight must lie between 0 and 1, not {type_weight}")
 
 
 def match_parts(
@@ -94,8 +101,7 @@ def parts_reward(
 
     ``parts_type_weight``: the share of a matched pair's IoU that a wrong primitive type loses (0-1).
     """
-    if not 0.0 <= parts_type_weight <= 1.0:
-        raise ValueError(f"parts_type_weight must lie in [0, 1], not {parts_type_weight}")
+    check_type_weight(parts_type_weight)
     batch = prepare(completions, None, kwargs, renders)
     score = functools.partial(parts_iou, type_weight=parts_type_weight)
     return record(batch, "parts_reward", scene_scores(batch, scene, score))

@@ -54,9 +54,10 @@ def main(paths: list[str], by_type: bool = False) -> None:
             areas.append(np.count_nonzero(mine) / max(np.count_nonzero(theirs), 1))
             ious.append(np.count_nonzero(mine & theirs) / max(np.count_nonzero(mine | theirs), 1))
             ops.update(op.kind for op in drawn.ops)
-            rows, cols, scores = match_parts(drawn, truth)
-            for i, j in zip(rows, cols, strict=True):
-                matched[truth.shapes[j].type_name][drawn.shapes[i].type_name].append(float(scores[i, j]))
+            if by_type:
+                rows, cols, scores = match_parts(drawn, truth)
+                for i, j in zip(rows, cols, strict=True):
+                    matched[truth.shapes[j].type_name][drawn.shapes[i].type_name].append(float(scores[i, j]))
         n = len(parts)
         if not n:
             print(f"{path}: no answer the parser reads")
