@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -250,9 +251,31 @@ def render_mse(result: Any, target: np.ndarray) -> float:
     return pixel_mse(result.image if ok else np.zeros_like(target), target)
 
 
-def pick_best(results: list[Any], target: np.ndarray) -> int:
-    """Index of the render closest to the target by pixel MSE, a failure scored as black (best of N)."""
-    return min(range(len(results)), key=lambda i: render_mse(results[i], target))
+def expected_best_of(mses: list[float], k: int) -> float:
+    """The expected lowest MSE of k samples drawn without replacement from these N (k <= N).
+
+    The unbiased estimator behind pass@k, for a minimum instead of a success: sorted ascending, the
+    i-th lowest of N (0-based) is the minimum of a random k-subset with probability C(N-1-i, k-1) / C(N, k).
+
+    >>> [round(expected_best_of([0.3, 0.1, 0.2], k), 6) for k in (1, 2, 3)]  # k = 2: pairs 0.1, 0.1, 0.2
+    [0.2, 0.133333, 0.1]
+    """
+    n = len(mses)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}, not {k}")
+    weights = [math.comb(n - 1 - i, k - 1) for i in range(n)]
+    return float(sum(w * m for w, m in zip(weights, sorted(mses), strict=True)) / math.comb(n, k))
+
+
+def best_of_curve(sampled: list[list[float]]) -> dict[str, float]:
+    """Mean over images of the expected best-of-k MSE, for k = 1, 2, 4, ... and N (each image's N samples).
+
+    k = 1 is the sampling policy's own mean MSE; k = N is the best-of-N audit's ``mse_all``. GRPO only
+    reweights what the policy samples, so this curve is the ceiling its sharpening can reach.
+    """
+    n = min(len(m) for m in sampled)
+    ks = sorted({2**j for j in range(n.bit_length()) if 2**j <= n} | {n})
+    return {str(k): float(np.mean([expected_best_of(m[:n], k) for m in sampled])) for k in ks}
 
 
 def render_codes(codes: list[str], sizes: list[int]) -> list[Any]:
@@ -500,7 +523,7 @@ def run_audit(
 
     start = time.perf_counter()
     has_scene, has_stage, has_code = (c in data.column_names for c in ("scene", "stage", "code"))
-    targets, codes, completions, results, truths, stages = [], [], [], [], [], []
+    targets, codes, completions, results, truths, stages, sampled = [], [], [], [], [], [], []
     bar = tqdm(total=len(data), desc="audit", unit="image", disable=not progress)
     for lo in range(0, len(data), batch_size):
         rows = data.select(range(lo, min(lo + batch_size, len(data))))
@@ -516,7 +539,9 @@ def run_audit(
         for target, group in zip(batch_targets, texts, strict=True):
             options = list(range(k, k + len(group)))
             k += len(group)
-            best = options[pick_best([flat_results[j] for j in options], target)]
+            mses = [render_mse(flat_results[j], target) for j in options]
+            best = options[int(np.argmin(mses))]  # best of N: the first of equals
+            sampled.append(mses)
             completions.append(group[best - options[0]])
             codes.append(flat_codes[best])
             results.append(flat_results[best])
@@ -546,6 +571,10 @@ def run_audit(
         **figures,
         "samples": [{**asdict(s), "completion": c} for s, c in zip(samples, completions, strict=True)],
     }
+    if sample and num_return > 1:
+        report["best_of"] = best_of_curve(sampled)
+        for row, mses in zip(report["samples"], sampled, strict=True):
+            row["sampled_mse"] = [round(m, 6) for m in mses]
 
     tmp = temp_beside(out)
     try:
@@ -599,6 +628,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         *figures_table(report),
     ]
+    if "best_of" in report:
+        curve = ", ".join(f"{k}: {v:.4f}" for k, v in report["best_of"].items())
+        lines += [
+            "",
+            f"Expected pixel MSE of the best of k samples (k: MSE; k = 1 is the sampled mean): {curve}. "
+            "GRPO only reweights what the policy samples: this is the ceiling of its sharpening.",
+        ]
     lines += [
         "",
         "MSE is the mean squared pixel difference (images in [0, 1]); a shader that fails is scored as a "

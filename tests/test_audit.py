@@ -82,12 +82,31 @@ def test_best_constant_beats_black_and_any_other_constant(test_rows):
         assert overall["constant_mse"] < other
 
 
-def test_pick_best_prefers_the_closest_render(test_rows):
+def test_render_mse_scores_a_failure_as_black_and_the_truth_near_zero(test_rows):
     rows, targets, _ = test_rows
-    truth = rows["code"][0]
-    results = audit.render_codes([BROKEN, BLACK, truth, BLACK], [targets[0].shape[0]] * 4)
-    assert audit.pick_best(results, targets[0]) == 2
-    assert audit.pick_best(results[:2], targets[0]) == 0  # a failure scores as black: the first of equals
+    results = audit.render_codes([BROKEN, BLACK, rows["code"][0]], [targets[0].shape[0]] * 3)
+    broken, black, truth = (audit.render_mse(r, targets[0]) for r in results)
+    assert broken == black == audit.pixel_mse(np.zeros_like(targets[0]), targets[0]) > 0.01
+    assert truth < 1e-4
+
+
+def test_expected_best_of_matches_every_subset_and_the_curve_ends_at_the_minimum():
+    from itertools import combinations
+
+    rng = np.random.default_rng(0)
+    mses = list(rng.uniform(0, 0.1, size=7))
+    mses[3] = mses[5]  # ties count once each
+    for k in range(1, 8):
+        brute = np.mean([min(c) for c in combinations(mses, k)])
+        assert audit.expected_best_of(mses, k) == pytest.approx(brute, rel=1e-12)
+    with pytest.raises(ValueError):
+        audit.expected_best_of(mses, 8)
+    other = list(rng.uniform(0, 0.1, size=7))
+    curve = audit.best_of_curve([mses, other])
+    assert list(curve) == ["1", "2", "4", "7"]
+    assert curve["1"] == pytest.approx(np.mean(mses + other))
+    assert curve["7"] == pytest.approx((min(mses) + min(other)) / 2)
+    assert list(curve.values()) == sorted(curve.values(), reverse=True)
 
 
 def test_run_audit_tiny_writes_report_md_and_grid(dataset, tmp_path):
@@ -130,6 +149,11 @@ def test_run_audit_best_of_n_records_its_decoding(dataset, tmp_path):
         "seed": 0,
     }
     assert len(report["samples"]) == 2
+    # every sample's N MSEs are kept, and the best-of-k curve ends at the audit's own figure
+    assert [len(row["sampled_mse"]) for row in report["samples"]] == [3, 3]
+    assert list(report["best_of"]) == ["1", "2", "3"]
+    assert report["best_of"]["3"] == pytest.approx(report["overall"]["mse_all"], abs=1e-6)
+    assert "best of k samples" in (tmp_path / "audit" / "report.md").read_text()
 
 
 def _bad(argv, capsys) -> str:
