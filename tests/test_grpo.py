@@ -257,6 +257,16 @@ def test_grpo_recipes_parse():
     )
 
 
+@pytest.mark.parametrize(
+    "recipe", sorted((ROOT / "recipes/experiments").glob("grpo_*.yaml")), ids=lambda p: p.stem
+)
+def test_grpo_experiment_recipes_parse(recipe):
+    """Every GRPO recipe that LEARNING's commands name still parses as `earthshader grpo` reads it."""
+    args, _ = parse_args(["--config", str(recipe)])
+    assert len(args.reward_weights) == len(args.reward_funcs)
+    assert args.per_device_train_batch_size % args.num_generations == 0
+
+
 def test_load_policy_continues_a_peft_adapter(tmp_path, warm_model):
     from peft import LoraConfig, PeftModel, get_peft_model
 
