@@ -261,12 +261,16 @@ def _shared_render_many(codes: list[str], size: int) -> list:
     return render_many(codes, size=size)
 
 
-def stage_variant(stage: int, grid: float | None = None, max_shapes: int | None = None) -> Stage:
-    """Stage ``stage`` as drawn by the data factory, with a coarser grid or fewer shapes if asked.
+def stage_variant(
+    stage: int, grid: float | None = None, max_shapes: int | None = None, reading_order: bool | None = None
+) -> Stage:
+    """Stage ``stage`` as drawn by the data factory, with a coarser grid, fewer shapes or another order if asked.
 
     ``grid`` is the spacing of every sampled value in uv units (0.05: centres and sizes are multiples
     of 0.05); it must be a positive multiple of the stage's last printed decimal. ``max_shapes`` caps
-    the shape count (1: single shapes, the first step of the tiny model's curriculum).
+    the shape count (1: single shapes, the first step of the tiny model's curriculum). ``reading_order``
+    sets whether shapes whose operators let any order draw the same picture are listed left to right
+    (:attr:`earthshader.scenes.Stage.reading_order`; Stage 1 does, Stage 2 does not by default).
 
     >>> stage_variant(1, grid=0.05, max_shapes=1).step, stage_variant(1, max_shapes=1).max_shapes
     (5, 1)
@@ -292,6 +296,8 @@ def stage_variant(stage: int, grid: float | None = None, max_shapes: int | None 
         changes["min_shapes"] = min(spec.min_shapes, max_shapes)
         if spec.count_weights is not None:
             changes["count_weights"] = spec.count_weights[: max_shapes - changes["min_shapes"] + 1]
+    if reading_order is not None:
+        changes["reading_order"] = reading_order
     return replace(spec, **changes) if changes else spec
 
 
@@ -308,6 +314,7 @@ def generate(
     grid: float | None = None,
     max_shapes: int | None = None,
     held_out: frozenset[str] = frozenset(),
+    reading_order: bool | None = None,
 ) -> tuple[list[dict[str, Any]], Summary]:
     """The first ``num_samples`` candidates of a stage (in index order) that pass the filter, as rows.
 
@@ -326,7 +333,8 @@ def generate(
             in bench/data.py (fewer calls, so fewer tails where one render worker waits for the other).
         progress: show a tqdm bar.
         overlap: draw the next batch while the current one renders.
-        grid, max_shapes: the stage with a coarser grid or fewer shapes (:func:`stage_variant`).
+        grid, max_shapes, reading_order: the stage with a coarser grid, fewer shapes or its shapes listed
+            in another order (:func:`stage_variant`).
         held_out: scenes (as the ``scene`` column writes them) never to keep: another dataset's test
             split (:func:`held_out_scenes`), so that a model trained on both is audited on unseen scenes.
 
@@ -338,7 +346,7 @@ def generate(
 
     from tqdm.auto import tqdm
 
-    spec = stage_variant(stage, grid=grid, max_shapes=max_shapes)
+    spec = stage_variant(stage, grid=grid, max_shapes=max_shapes, reading_order=reading_order)
     summary = Summary()
     render = _timed(render_many or _shared_render_many, size, summary)
     max_candidates = 50 * num_samples + 1000  # a stage whose filter rejects nearly everything must stop
@@ -698,6 +706,12 @@ def _parser() -> argparse.ArgumentParser:
         help="spacing of every sampled centre and size in uv units, e.g. 0.05 (default: the stage's, 0.01)",
     )
     p.add_argument("--max-shapes", type=int, help="at most this many shapes a scene (default: the stage's)")
+    p.add_argument(
+        "--reading-order",
+        action=argparse.BooleanOptionalAction,
+        help="list the shapes left to right wherever any order draws the same picture (all union, all "
+        "intersect, or two shapes under any operator but subtract); default: the stage's (stage 1 does)",
+    )
     p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     p.add_argument("--out", required=True, help="output folder for the dataset")
     p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of rows in the test split")
@@ -738,8 +752,10 @@ def cli_main(argv: list[str]) -> int:
         raise UsageError(f"--seed must be non-negative, not {args.seed}")
     if args.stage is not None:
         stage_variant(args.stage, grid=args.grid, max_shapes=args.max_shapes)  # fail before any worker starts
-    elif args.grid is not None or args.max_shapes is not None:
-        raise UsageError("--grid and --max-shapes apply to a --stage, not to --from-shadereval")
+    elif args.grid is not None or args.max_shapes is not None or args.reading_order is not None:
+        raise UsageError(
+            "--grid, --max-shapes and --reading-order apply to a --stage, not to --from-shadereval"
+        )
     elif args.holdout_from is not None or args.exclude_from:
         raise UsageError("--holdout-from and --exclude-from apply to a --stage, not to --from-shadereval")
     check_output(args.out, args.overwrite)
@@ -765,9 +781,12 @@ def cli_main(argv: list[str]) -> int:
                 grid=args.grid,
                 max_shapes=args.max_shapes,
                 held_out=held_out,
+                reading_order=args.reading_order,
             )
             meta = {"command": "data", "stage": args.stage, "num_samples": num}
             meta.update({"grid": args.grid, "max_shapes": args.max_shapes})
+            if args.reading_order is not None:
+                meta["reading_order"] = args.reading_order
             if args.holdout_from is not None:
                 meta["holdout_from"] = str(Path(args.holdout_from).resolve())
             if args.exclude_from:

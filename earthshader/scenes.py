@@ -686,9 +686,10 @@ class Stage:
     reading_order: bool = field(
         default=False,
         metadata={
-            "help": "Sort the shapes of an all-union scene left to right (then bottom to top), so that the "
-            "order a description names them in follows from the picture. Union commutes, so the picture "
-            "is unchanged; a model learning to describe images then has one right answer, not n!."
+            "help": "Sort the shapes left to right (then bottom to top) where the operators let any order "
+            "draw the same picture (order_free: all union, all intersect, or two shapes under any operator "
+            "but subtract), so that the order a description names them in follows from the picture; a "
+            "model learning to describe images then has one right answer, not n!."
         },
     )
     printer: str = field(
@@ -795,9 +796,22 @@ def random_scene(stage: Stage | int, rng: np.random.Generator) -> Scene:
         kind = stage.operators[int(rng.integers(0, len(stage.operators)))]
         k = _uniform(rng, *stage.smooth_k, stage.precision, stage.step) if kind == "smooth_union" else 0.0
         ops.append(Op(kind, k))
-    if stage.reading_order and all(op.kind == "union" for op in ops):
+    if stage.reading_order and order_free(ops):
         shapes.sort(key=lambda s: (s.x, s.y))
     return Scene(shapes=tuple(shapes), ops=tuple(ops))
+
+
+def order_free(ops: tuple[Op, ...] | list[Op]) -> bool:
+    """Whether shapes joined by these operators draw the same picture in any order.
+
+    True for one operator that is not ``subtract`` (``min``, ``max`` and :data:`SMIN_HELPER`'s ``smin``
+    are symmetric in their two arguments), and for any number of ``union`` or of ``intersect`` alone
+    (also associative). ``smin`` is not associative, and ``subtract`` keeps its left side.
+    """
+    kinds = {op.kind for op in ops}
+    if len(ops) == 1:
+        return ops[0].kind != "subtract"
+    return len(kinds) <= 1 and kinds <= {"union", "intersect"}
 
 
 def format_completion(reasoning: str, code: str) -> str:

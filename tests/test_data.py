@@ -140,6 +140,27 @@ def test_generate_on_a_coarser_grid_with_single_shapes():
     assert {len(scene_from_json(r["scene"]).shapes) for r in plain} == {1, 2}
 
 
+def test_generate_in_reading_order_keeps_the_pictures_and_reorders_the_descriptions():
+    """Stage-2 pairs under union, intersect or smooth union list their shapes left to right on asking:
+    the same candidates pass the filter and draw the same images; only the texts change."""
+    plain, _ = generate(2, 40, seed=3, size=32, progress=False, max_shapes=2)
+    ordered, _ = generate(2, 40, seed=3, size=32, progress=False, max_shapes=2, reading_order=True)
+    assert [r["index"] for r in plain] == [r["index"] for r in ordered]
+    assert all(
+        np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        for a, b in zip(plain, ordered, strict=True)
+    )
+    moved = 0
+    for a, b in zip(plain, ordered, strict=True):
+        before, after = scene_from_json(a["scene"]), scene_from_json(b["scene"])
+        assert sorted(before.shapes, key=repr) == sorted(after.shapes, key=repr) and before.ops == after.ops
+        if before != after:
+            moved += 1
+            assert b["completion"] != a["completion"] and before.ops[0].kind != "subtract"
+            assert [(s.x, s.y) for s in after.shapes] == sorted((s.x, s.y) for s in after.shapes)
+    assert moved > 0
+
+
 def test_data_cli_holdout_and_exclude_keep_other_datasets_scenes_out(tmp_path):
     """The demo's single shapes are drawn after the mix and never hold one of the mix's test scenes,
     which at grid 0.05, with few single-shape scenes to draw from, they otherwise would; and an
@@ -240,6 +261,7 @@ def test_image_rejection_catches_near_uniform_images():
         (["--stage", "1", "--max-shapes", "3"], "--max-shapes must be in 1..2"),
         (["--stage", "1", "--max-shapes", "0"], "--max-shapes must be in 1..2"),
         (["--from-shadereval", str(FIXTURE), "--grid", "0.05"], "apply to a --stage"),
+        (["--from-shadereval", str(FIXTURE), "--reading-order"], "apply to a --stage"),
         (["--from-shadereval", str(FIXTURE), "--holdout-from", str(FIXTURE)], "apply to a --stage"),
         (["--from-shadereval", str(FIXTURE), "--exclude-from", str(FIXTURE)], "apply to a --stage"),
         (["--stage", "1", "--holdout-from", "/nonexistent/dataset"], "not a dataset folder"),

@@ -27,8 +27,10 @@ from earthshader.scenes import (
     Triangle,
     coverage,
     describe,
+    distance_field,
     fmt,
     from_glsl,
+    order_free,
     pixel_grid,
     random_scene,
     sample_corpus,
@@ -198,18 +200,36 @@ def test_a_coarser_step_draws_every_parameter_on_its_grid():
         assert from_glsl(to_glsl(scene)) == scene
 
 
-def test_reading_order_applies_only_to_all_union_scenes():
+def test_reading_order_sorts_the_shapes_wherever_any_order_draws_the_same_picture():
     ordered = dataclasses.replace(STAGES[2], reading_order=True)
     rng = np.random.default_rng(1)
-    unsorted_union = unsorted_other = 0
+    free_pairs = unsorted_other = 0
     for _ in range(400):
         scene = random_scene(ordered, rng)
         xs = [(shape.x, shape.y) for shape in scene.shapes]
-        if all(op.kind == "union" for op in scene.ops):
-            unsorted_union += xs != sorted(xs)
+        if order_free(scene.ops):
+            assert xs == sorted(xs), scene
+            free_pairs += len(scene.shapes) == 2 and scene.ops[0].kind != "union"
+            # the sort is free: listed the other way round, the scene draws the very same field
+            flipped = Scene(shapes=scene.shapes[::-1], ops=scene.ops)
+            np.testing.assert_array_equal(distance_field(flipped, 32), distance_field(scene, 32))
         else:
             unsorted_other += xs != sorted(xs)
-    assert unsorted_union == 0 and unsorted_other > 0  # subtraction's order is part of the picture
+    assert free_pairs > 0 and unsorted_other > 0  # subtraction's order is part of the picture
+
+
+def test_order_free_only_where_the_operators_commute_and_associate():
+    union, inter, smooth, sub = Op("union"), Op("intersect"), Op("smooth_union", 0.2), Op("subtract")
+    assert order_free([]) and order_free([smooth]) and order_free([inter])
+    assert order_free([union, union, union]) and order_free([inter, inter])
+    assert not order_free([sub]) and not order_free([union, inter]) and not order_free([smooth, smooth])
+    # smin of three is not associative: another order of the same three circles draws another field
+    circles = (Circle(-0.2, 0.0, 0.2), Circle(0.0, 0.0, 0.2), Circle(0.2, 0.0, 0.2))
+    fields = [
+        distance_field(Scene(shapes=order, ops=(smooth, smooth)), 32)
+        for order in (circles, (circles[1], circles[2], circles[0]))
+    ]
+    assert np.abs(fields[0] - fields[1]).max() > 1e-3
 
 
 def test_stage_two_uses_every_primitive_and_operator_with_quantised_parameters():
