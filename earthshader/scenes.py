@@ -808,9 +808,9 @@ def order_free(ops: tuple[Op, ...] | list[Op]) -> bool:
     are symmetric in their two arguments), and for any number of ``union`` or of ``intersect`` alone
     (also associative). ``smin`` is not associative, and ``subtract`` keeps its left side.
     """
-    kinds = {op.kind for op in ops}
     if len(ops) == 1:
         return ops[0].kind != "subtract"
+    kinds = {op.kind for op in ops}
     return len(kinds) <= 1 and kinds <= {"union", "intersect"}
 
 
