@@ -224,7 +224,7 @@ def _candidates(
     held_out: frozenset[str] = frozenset(),
 ) -> list[_Candidate]:
     """Candidates ``start..stop-1``: drawn, deduplicated (against every earlier index), kept apart from
-    ``held_out`` (scenes as their JSON) and checked in NumPy."""
+    ``held_out`` (scenes as the JSON of their canonical form, :meth:`Printer.key`) and checked in NumPy."""
     printer = PRINTERS[spec.printer]
     out = []
     for index in range(start, stop):
@@ -233,7 +233,7 @@ def _candidates(
             out.append(_Candidate(index, scene, "duplicate"))
             continue
         seen.add(scene)
-        if held_out and printer.to_json(scene) in held_out:
+        if held_out and printer.key(scene) in held_out:
             out.append(_Candidate(index, scene, "held_out"))
             continue
         # 2D SDF scenes are checked before rendering; other families go straight to the image check
@@ -337,6 +337,8 @@ def generate(
             in another order (:func:`stage_variant`).
         held_out: scenes (as the ``scene`` column writes them) never to keep: another dataset's test
             split (:func:`held_out_scenes`), so that a model trained on both is audited on unseen scenes.
+            A scene is held out in any order of its shapes that draws the same picture, so a dataset in
+            reading order keeps out another's scenes listed in the drawn order, and the other way round.
 
     Returns:
         The rows and a :class:`Summary`; rejections are counted up to the last kept candidate only, so
@@ -347,6 +349,8 @@ def generate(
     from tqdm.auto import tqdm
 
     spec = stage_variant(stage, grid=grid, max_shapes=max_shapes, reading_order=reading_order)
+    printer = PRINTERS[spec.printer]
+    held_out = frozenset(printer.key(printer.from_json(text)) for text in held_out)
     summary = Summary()
     render = _timed(render_many or _shared_render_many, size, summary)
     max_candidates = 50 * num_samples + 1000  # a stage whose filter rejects nearly everything must stop

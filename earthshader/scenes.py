@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -814,6 +814,17 @@ def order_free(ops: tuple[Op, ...] | list[Op]) -> bool:
     return len(kinds) <= 1 and kinds <= {"union", "intersect"}
 
 
+def canonical(scene: Scene) -> Scene:
+    """The scene with its shapes in one fixed order wherever any order draws the same picture
+    (:func:`order_free`): left to right, ties broken by the rest of each shape. Two listings of one
+    picture have one canonical form, which is how a held-out scene is recognised whichever order a
+    dataset writes it in (``earthshader data --reading-order``)."""
+    if not order_free(scene.ops):
+        return scene
+    shapes = sorted(scene.shapes, key=lambda s: (s.x, s.y, s.type_name, astuple(s)))
+    return Scene(shapes=tuple(shapes), ops=scene.ops)
+
+
 def format_completion(reasoning: str, code: str) -> str:
     """What the model is taught to write: the reasoning, then the code in a fenced glsl block."""
     return f"{reasoning}\n\n```glsl\n{code.rstrip()}\n```"
@@ -837,10 +848,24 @@ class Printer:
     to_glsl: Callable[[Any], str]
     describe: Callable[[Any], str]
     to_json: Callable[[Any], str]
+    # the inverse of to_json, and the one form of a scene that every listing of its picture shares
+    from_json: Callable[[str], Any]
+    canonical: Callable[[Any], Any]
+
+    def key(self, scene: Any) -> str:
+        """The JSON of the scene's canonical form: equal for two listings of one picture."""
+        return self.to_json(self.canonical(scene))
 
 
 PRINTERS: dict[str, Printer] = {
-    "sdf2d": Printer(sample=random_scene, to_glsl=to_glsl, describe=describe, to_json=scene_to_json),
+    "sdf2d": Printer(
+        sample=random_scene,
+        to_glsl=to_glsl,
+        describe=describe,
+        to_json=scene_to_json,
+        from_json=scene_from_json,
+        canonical=canonical,
+    ),
 }
 
 

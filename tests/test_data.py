@@ -161,6 +161,21 @@ def test_generate_in_reading_order_keeps_the_pictures_and_reorders_the_descripti
     assert moved > 0
 
 
+def test_a_held_out_scene_is_kept_out_in_either_order_of_its_shapes():
+    """A dataset in reading order keeps out another's scenes listed in the drawn order, and the other
+    way round: the factory compares canonical forms, not the texts of the ``scene`` column."""
+    plain, _ = generate(2, 40, seed=3, size=32, progress=False, max_shapes=2)
+    ordered, _ = generate(2, 40, seed=3, size=32, progress=False, max_shapes=2, reading_order=True)
+    plain_texts, ordered_texts = {r["scene"] for r in plain}, {r["scene"] for r in ordered}
+    assert plain_texts != ordered_texts  # some pairs are listed the other way round
+    drawn = {r["index"] for r in plain}
+    for reading_order, held in ((True, plain_texts), (False, ordered_texts)):
+        rows, summary = generate(
+            2, 10, seed=3, size=32, progress=False, max_shapes=2, reading_order=reading_order, held_out=held
+        )
+        assert summary.rejected["held_out"] == len(held) and not drawn & {r["index"] for r in rows}
+
+
 def test_data_cli_holdout_and_exclude_keep_other_datasets_scenes_out(tmp_path):
     """The demo's single shapes are drawn after the mix and never hold one of the mix's test scenes,
     which at grid 0.05, with few single-shape scenes to draw from, they otherwise would; and an

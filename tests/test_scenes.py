@@ -25,6 +25,7 @@ from earthshader.scenes import (
     RoundBox,
     Scene,
     Triangle,
+    canonical,
     coverage,
     describe,
     distance_field,
@@ -213,8 +214,10 @@ def test_reading_order_sorts_the_shapes_wherever_any_order_draws_the_same_pictur
             # the sort is free: listed the other way round, the scene draws the very same field
             flipped = Scene(shapes=scene.shapes[::-1], ops=scene.ops)
             np.testing.assert_array_equal(distance_field(flipped, 32), distance_field(scene, 32))
+            assert canonical(flipped) == canonical(scene) == scene
         else:
             unsorted_other += xs != sorted(xs)
+            assert canonical(scene) == scene
     assert free_pairs > 0 and unsorted_other > 0  # subtraction's order is part of the picture
 
 
@@ -230,6 +233,15 @@ def test_order_free_only_where_the_operators_commute_and_associate():
         for order in (circles, (circles[1], circles[2], circles[0]))
     ]
     assert np.abs(fields[0] - fields[1]).max() > 1e-3
+
+
+def test_canonical_form_breaks_ties_at_one_centre_by_the_rest_of_the_shape():
+    ring, disc = Annulus(0.1, 0.0, 0.3, 0.05), Circle(0.1, 0.0, 0.2)
+    small = Circle(0.1, 0.0, 0.1)
+    for ops in ((Op("intersect"),), (Op("smooth_union", 0.1),)):
+        assert canonical(Scene((ring, disc), ops)) == canonical(Scene((disc, ring), ops))
+    assert canonical(Scene((disc, small), (Op("union"),))).shapes == (small, disc)
+    assert canonical(Scene((disc, ring), (Op("subtract"),))).shapes == (disc, ring)
 
 
 def test_stage_two_uses_every_primitive_and_operator_with_quantised_parameters():
