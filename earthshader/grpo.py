@@ -36,6 +36,7 @@ from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from earthshader.errors import UsageError
 from earthshader.models import (
+    CheckpointWeightsMixin,
     EarthShaderModelConfig,
     add_compact_lm_head,
     load_model_and_processor,
@@ -372,6 +373,10 @@ class SamplePlotCallback(TrainerCallback):
 # The trainer
 
 
+class EarthShaderGRPOTrainer(CheckpointWeightsMixin, GRPOTrainer):
+    """TRL's ``GRPOTrainer``, resuming with the checkpoint's weights (:class:`CheckpointWeightsMixin`)."""
+
+
 def build_trainer(
     args: EarthShaderGRPOConfig, model_args: EarthShaderModelConfig, train_dataset=None
 ) -> GRPOTrainer:
@@ -398,7 +403,7 @@ def build_trainer(
     callbacks = [JsonlLogCallback(args.output_dir)]
     if args.plot_every > 0:
         callbacks.append(SamplePlotCallback(renders, args.output_dir, args.plot_every, args.plot_samples))
-    trainer = GRPOTrainer(
+    trainer = EarthShaderGRPOTrainer(
         model=model,
         reward_funcs=funcs,
         args=args,

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import types
@@ -619,6 +620,58 @@ def lora_config(cfg: EarthShaderModelConfig):
         use_dora=cfg.use_dora,
         bias="none",
     )
+
+
+# Qwen2-VL's checkpoints keep transformers 4's key names (``model.layers``, ``visual``); the loaded
+# module names them ``model.language_model.layers`` and ``model.visual``. ``from_pretrained`` maps them,
+# but ``Trainer``'s resume loads the file with ``load_state_dict(strict=False)``: no key matched, nothing
+# was loaded, and a resumed run went on from the starting weights with the checkpoint's optimizer and
+# step (bench/LEARNING.md, session 36).
+_SAVED_KEY_NAMES = (
+    (re.compile(r"^visual\."), "model.visual."),
+    (re.compile(r"^model\.(?!visual\.|language_model\.)"), "model.language_model."),
+)
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str | Path) -> bool:
+    """Load a full-model checkpoint (``model.safetensors``) into ``model`` under the module's own names.
+
+    Returns False where there is no such file or ``model`` is a PEFT model (adapters, shards: Trainer's
+    own loading handles those). Raises ``UsageError`` where a saved tensor has no place in the model or a
+    parameter of the model gets no tensor (weights tied to a loaded one excepted).
+    """
+    path = Path(checkpoint) / "model.safetensors"
+    if not path.is_file() or hasattr(model, "peft_config"):
+        return False
+    from safetensors.torch import load_file
+
+    own_state = model.state_dict()
+    own = {key.replace("_orig_mod.", ""): key for key in own_state}  # compiled submodules
+    state = {}
+    for key, tensor in load_file(str(path), device="cpu").items():
+        name = key
+        for pattern, new in _SAVED_KEY_NAMES if name not in own else ():
+            name = pattern.sub(new, name)
+        if name not in own:
+            raise UsageError(f"checkpoint {checkpoint} does not fit the model: it holds {key!r}")
+        state[own[name]] = tensor
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    loaded = {own_state[key].data_ptr() for key in state}
+    untied = [key for key in missing if own_state[key].data_ptr() not in loaded]
+    if untied:
+        raise UsageError(f"checkpoint {checkpoint} does not fit the model: no weights for {untied[0]!r}")
+    return True
+
+
+class CheckpointWeightsMixin:
+    """A ``Trainer`` mixin: resume loads a full checkpoint's weights by the module's names
+    (:func:`load_checkpoint_weights`), other checkpoints as ``Trainer`` does."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = model if model is not None else self.model
+        distributed = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if distributed or not load_checkpoint_weights(target, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 def load_model_and_processor(cfg: EarthShaderModelConfig, gradient_checkpointing: bool = False):

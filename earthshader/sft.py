@@ -40,6 +40,7 @@ from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from earthshader.errors import UsageError
 from earthshader.glsl import completion_text
 from earthshader.models import (
+    CheckpointWeightsMixin,
     EarthShaderModelConfig,
     add_compact_lm_head,
     cpu_bf16_speedup,
@@ -441,7 +442,7 @@ class LengthSortedStepSampler(torch.utils.data.Sampler):
         return iter([i for step in steps for i in sorted(step, key=self.lengths.__getitem__)])
 
 
-class WeightedSFTTrainer(SFTTrainer):
+class WeightedSFTTrainer(CheckpointWeightsMixin, SFTTrainer):
     """``SFTTrainer`` whose loss is the weighted cross-entropy of the module docstring.
 
     It needs batches with ``loss_weights`` and ``token_class`` (from :class:`WeightedVLMCollator`, the

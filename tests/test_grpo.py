@@ -19,6 +19,7 @@ from earthshader.data import assistant_turn, user_prompt
 from earthshader.errors import UsageError
 from earthshader.grpo import (
     EarthShaderGRPOConfig,
+    build_trainer,
     last_complete_checkpoint,
     load_policy,
     parse_args,
@@ -193,6 +194,26 @@ def test_grpo_resumes_from_last_complete_checkpoint(first_run, tmp_path, dataset
     assert trainer.state.global_step == 3
     assert trainer.renders.stats["batches"] == 2  # steps 2 and 3 ran; step 1 came from the checkpoint
     assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2, 3]
+
+
+def test_grpo_resume_loads_the_checkpoints_weights(first_run, tmp_path, dataset, warm_model):
+    # Qwen2-VL saves transformers 4's key names; Trainer's own resume matched none of them and went on
+    # from the starting weights (session 36). What train(resume_from_checkpoint=...) loads must be step 1.
+    checkpoint = first_run[0] / "checkpoint-1"
+    args = _args(tmp_path / "run", dataset, plot_every=0, report_to=[])
+    trainer = build_trainer(args, EarthShaderModelConfig(model_name_or_path=str(warm_model), dtype="float32"))
+    saved, _ = load_model_and_processor(
+        EarthShaderModelConfig(model_name_or_path=str(checkpoint), dtype="float32")
+    )
+    want = saved.state_dict()
+
+    def differing() -> list[str]:
+        got = trainer.model.state_dict()
+        return [k for k in want if not torch.equal(got[k], want[k])]
+
+    assert len(differing()) > len(want) // 2  # the warm model is not step 1's
+    trainer._load_from_checkpoint(str(checkpoint))
+    assert differing() == []
 
 
 def test_grpo_refuses_a_folder_that_is_not_a_run(tmp_path, dataset):
