@@ -645,16 +645,15 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str | Path) -> b
         return False
     from safetensors.torch import load_file
 
-    own_state = model.state_dict()
-    own = {key.replace("_orig_mod.", ""): key for key in own_state}  # compiled submodules
+    own_state = model.state_dict()  # compile_language_model compiles in place: the names stay
     state = {}
     for key, tensor in load_file(str(path), device="cpu").items():
         name = key
-        for pattern, new in _SAVED_KEY_NAMES if name not in own else ():
+        for pattern, new in _SAVED_KEY_NAMES if name not in own_state else ():
             name = pattern.sub(new, name)
-        if name not in own:
+        if name not in own_state:
             raise UsageError(f"checkpoint {checkpoint} does not fit the model: it holds {key!r}")
-        state[own[name]] = tensor
+        state[name] = tensor
     missing = model.load_state_dict(state, strict=False).missing_keys
     loaded = {own_state[key].data_ptr() for key in state}
     untied = [key for key in missing if own_state[key].data_ptr() not in loaded]
